@@ -1,0 +1,225 @@
+"""Twilio's Media Streams messages -> typed events, with no sockets involved.
+
+Twilio sends JSON text messages, each with an "event" field: connected, start, media,
+dtmf, mark and stop (see Twilio's "Media Streams - WebSocket Messages"). Anything that
+is not one of those, well formed, raises BadMessage with a reason a person can read.
+"""
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+
+class BadMessage(ValueError):
+    """A message that is not a Twilio Media Streams event; str() says what is wrong."""
+
+
+@dataclass(slots=True)
+class Connected:
+    """The first message of every connection; it names the protocol."""
+
+    protocol: str
+    version: str
+    sequence: int | None = None
+
+
+@dataclass(slots=True)
+class Start:
+    """Metadata of the stream: who is calling, which tracks, what audio format."""
+
+    stream_sid: str
+    sequence: int | None
+    call_sid: str
+    account_sid: str
+    tracks: list[str]
+    encoding: str
+    sample_rate: int
+    channels: int
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Media:
+    """One chunk of audio (20 ms, 160 bytes of mu-law at 8000 Hz) of one track."""
+
+    stream_sid: str | None
+    sequence: int | None
+    track: str
+    chunk: int | None
+    timestamp: int | None
+    audio: bytes
+
+
+@dataclass(slots=True)
+class Dtmf:
+    """A key the caller pressed."""
+
+    stream_sid: str | None
+    sequence: int | None
+    track: str
+    digit: str
+
+
+@dataclass(slots=True)
+class Mark:
+    """A mark the server sent (bidirectional streams) has been played, or cleared."""
+
+    stream_sid: str | None
+    sequence: int | None
+    name: str
+
+
+@dataclass(slots=True)
+class Stop:
+    """The stream has stopped; Twilio closes the connection next."""
+
+    stream_sid: str | None
+    sequence: int | None
+    call_sid: str | None
+    account_sid: str | None
+
+
+def parse_message(text):
+    """Turn one Twilio text message into an event, or raise BadMessage."""
+    try:
+        message = json.loads(text)
+    except ValueError as problem:
+        raise BadMessage(f"not JSON ({problem})") from None
+    except RecursionError:
+        raise BadMessage("JSON nested too deeply") from None
+    if not isinstance(message, dict):
+        raise BadMessage(f"JSON {type(message).__name__} instead of an object")
+    event = message.get("event")
+    if event is None:
+        raise BadMessage("no 'event' field")
+    parse = _PARSERS.get(event) if isinstance(event, str) else None
+    if parse is None:
+        raise BadMessage(f"unknown event {str(event)[:40]!r}")
+    return parse(message)
+
+
+def _connected(message):
+    return Connected(
+        protocol=str(message.get("protocol", "")),
+        version=str(message.get("version", "")),
+        sequence=_sequence(message),
+    )
+
+
+def _start(message):
+    start = _section(message, "start")
+    media_format = start.get("mediaFormat")
+    if not isinstance(media_format, dict):
+        media_format = {}
+    parameters = start.get("customParameters")
+    if not isinstance(parameters, dict):
+        parameters = {}
+    stream_sid = message.get("streamSid") or start.get("streamSid")
+    if not isinstance(stream_sid, str) or not stream_sid:
+        raise BadMessage("start without a streamSid")
+    tracks = start.get("tracks")
+    return Start(
+        stream_sid=stream_sid,
+        sequence=_sequence(message),
+        call_sid=str(start.get("callSid", "")),
+        account_sid=str(start.get("accountSid", "")),
+        tracks=[str(track) for track in tracks] if isinstance(tracks, list) else [],
+        encoding=str(media_format.get("encoding", "audio/x-mulaw")),
+        sample_rate=_number(media_format.get("sampleRate", 8000), "sampleRate"),
+        channels=_number(media_format.get("channels", 1), "channels"),
+        custom_parameters={str(k): str(v) for k, v in parameters.items()},
+    )
+
+
+def _media(message):
+    media = _section(message, "media")
+    payload = media.get("payload")
+    if not isinstance(payload, str) or not payload:
+        raise BadMessage("media without a payload")
+    try:
+        audio = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadMessage("media payload is not valid base64") from None
+    return Media(
+        stream_sid=_stream_sid(message),
+        sequence=_sequence(message),
+        track=str(media.get("track", "inbound")),
+        chunk=_optional_number(media.get("chunk"), "chunk"),
+        timestamp=_optional_number(media.get("timestamp"), "timestamp"),
+        audio=audio,
+    )
+
+
+def _dtmf(message):
+    dtmf = _section(message, "dtmf")
+    digit = dtmf.get("digit")
+    if not isinstance(digit, str) or not digit:
+        raise BadMessage("dtmf without a digit")
+    return Dtmf(
+        stream_sid=_stream_sid(message),
+        sequence=_sequence(message),
+        track=str(dtmf.get("track", "inbound_track")),
+        digit=digit,
+    )
+
+
+def _mark(message):
+    mark = _section(message, "mark")
+    name = mark.get("name")
+    if not isinstance(name, str):
+        raise BadMessage("mark without a name")
+    return Mark(stream_sid=_stream_sid(message), sequence=_sequence(message), name=name)
+
+
+def _stop(message):
+    stop = message.get("stop")
+    stop = stop if isinstance(stop, dict) else {}
+    return Stop(
+        stream_sid=_stream_sid(message),
+        sequence=_sequence(message),
+        call_sid=stop.get("callSid"),
+        account_sid=stop.get("accountSid"),
+    )
+
+
+_PARSERS = {
+    "connected": _connected,
+    "start": _start,
+    "media": _media,
+    "dtmf": _dtmf,
+    "mark": _mark,
+    "stop": _stop,
+}
+
+
+def _section(message, name):
+    """The object under `name` that every event but connected and stop must carry."""
+    section = message.get(name)
+    if not isinstance(section, dict):
+        raise BadMessage(f"{name} event without a '{name}' object")
+    return section
+
+
+def _stream_sid(message):
+    stream_sid = message.get("streamSid")
+    return stream_sid if isinstance(stream_sid, str) else None
+
+
+def _sequence(message):
+    return _optional_number(message.get("sequenceNumber"), "sequenceNumber")
+
+
+def _optional_number(value, name):
+    return None if value is None else _number(value, name)
+
+
+def _number(value, name):
+    """Twilio sends counters as decimal strings ("42"); accept plain integers too."""
+    if isinstance(value, bool):
+        raise BadMessage(f"{name} is not a number: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise BadMessage(f"{name} is not a number: {str(value)[:40]!r}")

@@ -1,0 +1,91 @@
+"""One stream's state and figures: tracks, chunks, gaps. Fed events; never touches a socket."""
+
+import time
+from dataclasses import dataclass
+
+PROGRESS_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class TrackFigures:
+    """What one track (inbound or outbound) has delivered so far."""
+
+    messages: int = 0
+    audio_bytes: int = 0
+    last_chunk: int = 0
+    missing_chunks: int = 0
+
+
+class MediaStream:
+    """The state of one Media Stream, from its connection to its end."""
+
+    def __init__(self, client, clock=time.monotonic, progress_seconds=PROGRESS_SECONDS):
+        self.client = client
+        self.stream_sid = None
+        self.call_sid = None
+        self.sample_rate = 8000
+        self.tracks = {}
+        self.last_sequence = 0
+        self.missing_sequence_numbers = 0
+        self.bad_messages = 0
+        self.stopped = False
+        self._clock = clock
+        self._progress_seconds = progress_seconds
+        self.opened_at = clock()
+        self._next_progress = self.opened_at + progress_seconds
+
+    @property
+    def name(self):
+        """How console lines name the stream: the streamSid's last 8 characters,
+        or the client's address until the start message has said which stream it is."""
+        return self.stream_sid[-8:] if self.stream_sid else self.client
+
+    def start(self, start):
+        self.stream_sid = start.stream_sid
+        self.call_sid = start.call_sid
+        self.sample_rate = start.sample_rate * start.channels or self.sample_rate
+        for track in start.tracks:
+            self.tracks.setdefault(track, TrackFigures())
+
+    def check_sequence(self, sequence):
+        """Note an event's sequence number; return the range of numbers that went missing."""
+        if sequence is None:
+            return range(0)
+        missing = range(self.last_sequence + 1, sequence)
+        self.missing_sequence_numbers += len(missing)
+        self.last_sequence = max(self.last_sequence, sequence)
+        return missing
+
+    def add_media(self, media):
+        """Count a media event's audio; return the range of its track's chunks that went missing."""
+        figures = self.tracks.get(media.track)
+        if figures is None:
+            figures = self.tracks[media.track] = TrackFigures()
+        figures.messages += 1
+        figures.audio_bytes += len(media.audio)
+        if media.chunk is None:
+            return range(0)
+        missing = range(figures.last_chunk + 1, media.chunk)
+        figures.missing_chunks += len(missing)
+        figures.last_chunk = max(figures.last_chunk, media.chunk)
+        return missing
+
+    def progress_due(self):
+        """True once every few seconds of the call, when a progress line is due."""
+        now = self._clock()
+        if now < self._next_progress:
+            return False
+        self._next_progress = now + self._progress_seconds
+        return True
+
+    def audio_seconds(self, track):
+        """Seconds of audio a track has delivered (mu-law: one byte a sample)."""
+        return self.tracks[track].audio_bytes / self.sample_rate
+
+    def duration(self):
+        """Seconds since the connection opened."""
+        return self._clock() - self.opened_at
+
+    @property
+    def missing_chunks(self):
+        return sum(figures.missing_chunks for figures in self.tracks.values())

@@ -1,0 +1,260 @@
+"""What we do differently from flask-sockets and gevent-websocket, without forking them.
+
+- flask-sockets (2016) adds its routes as plain HTTP rules; today's Werkzeug then refuses
+  every WebSocket request with WebsocketMismatch. Our Sockets marks them websocket=True.
+- gevent-websocket accepts any handshake before the app sees it; MediaStreamHandler
+  refuses a handshake to a path with no WebSocket route (404) before accepting it.
+- Connection reads the frames of an accepted WebSocket itself: it knows how the
+  connection ended, reports each protocol error in words, and sends close codes
+  (gevent-websocket's close() never sends the code it is given).
+"""
+
+import logging
+import struct
+
+import flask_sockets
+from gevent import GreenletExit
+from geventwebsocket.exceptions import WebSocketError
+from geventwebsocket.handler import WebSocketHandler
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import Rule
+
+log = logging.getLogger("mediastream")
+
+MAX_MESSAGE_BYTES = 64 * 1024
+
+OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
+OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+
+
+class Sockets(flask_sockets.Sockets):
+    """flask-sockets, with its routes registered as WebSocket routes for today's Werkzeug."""
+
+    def init_app(self, app):
+        app.wsgi_app = SocketMiddleware(app.wsgi_app, app, self)
+        app.extensions["sockets"] = self
+
+    def add_url_rule(self, rule, _, f, **options):
+        self.url_map.add(Rule(rule, endpoint=f, websocket=True))
+
+    def handshake_refusal(self, environ):
+        """Why a WebSocket handshake must be refused before it is accepted, or None."""
+        try:
+            self.url_map.bind_to_environ(environ).match()
+        except NotFound:
+            return "404 Not Found", "no WebSocket route at this path"
+        return None
+
+
+class SocketMiddleware(flask_sockets.SocketMiddleware):
+    """Runs the WebSocket route a request matches; anything else goes to Flask.
+
+    Unlike flask-sockets' own, a plain HTTP request to a WebSocket route gets Werkzeug's
+    400 answer instead of a traceback, and errors inside a route are not mistaken for a
+    missing route."""
+
+    def __call__(self, environ, start_response):
+        try:
+            route, values = self.ws.url_map.bind_to_environ(environ).match()
+        except NotFound:
+            return self.wsgi_app(environ, start_response)
+        except HTTPException as refusal:
+            return refusal(environ, start_response)
+        websocket = environ.get("wsgi.websocket")
+        if websocket is None:
+            return NotFound("WebSocket route served without gevent-websocket's handler")(
+                environ, start_response
+            )
+        with self.app.app_context(), self.app.request_context(environ):
+            route(websocket, **values)
+        return []
+
+
+class MediaStreamHandler(WebSocketHandler):
+    """gevent-websocket's handler, refusing handshakes the app would not serve."""
+
+    def upgrade_websocket(self):
+        if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            refusal = self.application.extensions["sockets"].handshake_refusal(self.environ)
+            if refusal:
+                return self._refuse(*refusal)
+        return super().upgrade_websocket()
+
+    def _refuse(self, status, reason):
+        log.warning(
+            "[%s] WebSocket handshake refused (%s): %s",
+            client_address(self.environ),
+            status,
+            reason,
+        )
+        body = f"{reason}\n".encode()
+        self.start_response(
+            status,
+            [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+
+def client_address(environ):
+    """The peer of a request as host:port, for log lines."""
+    return f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
+
+
+class ConnectionEnded(Exception):
+    """Raised inside Connection when the connection cannot go on."""
+
+    def __init__(self, ended_by, problem=None, close_code=None):
+        super().__init__(problem or ended_by)
+        self.ended_by = ended_by
+        self.problem = problem
+        self.close_code = close_code
+
+
+class Connection:
+    """Whole messages from an accepted WebSocket, and how the connection ended.
+
+    After messages() is exhausted, `ended_by` says how the connection ended (for the
+    summary) and `problem` what went wrong, if anything did (for a warning)."""
+
+    def __init__(self, ws, max_message_bytes=MAX_MESSAGE_BYTES):
+        self.ws = ws
+        self.max_message_bytes = max_message_bytes
+        self._read = ws.raw_read
+        self.ended_by = None
+        self.problem = None
+
+    def messages(self):
+        """Yield each text message (str) or binary message (bytes) until the end."""
+        try:
+            while True:
+                yield self._read_message()
+        except ConnectionEnded as end:
+            self._end(end.ended_by, end.problem, end.close_code)
+        except GreenletExit:
+            self._end("server shutdown", None, CLOSE_GOING_AWAY)
+        except OSError as error:
+            self._end("disconnect", f"connection lost: {error}", None)
+
+    def _end(self, ended_by, problem, close_code):
+        self.ended_by = ended_by
+        self.problem = problem
+        if close_code is not None:
+            self.close(close_code)
+        self.ws.closed = True  # nothing more is sent; the handler closes the socket
+
+    def close(self, code, reason=""):
+        """Send a close frame with `code` (unless the connection is closed already)."""
+        if self.ws.closed:
+            return
+        try:
+            self.ws.send_frame(struct.pack("!H", code) + reason.encode(), OPCODE_CLOSE)
+        except WebSocketError:
+            pass  # the peer has gone already; nothing to tell it
+
+    def _read_message(self):
+        opcode = None
+        fragments = []
+        size = 0
+        while True:
+            fin, frame_opcode, length, mask = self._read_header(opcode is None)
+            if frame_opcode >= OPCODE_CLOSE:
+                self._on_control_frame(frame_opcode, self._read_payload(length, mask))
+                continue
+            if frame_opcode == OPCODE_CONTINUATION:
+                if opcode is None:
+                    raise _protocol_error("continuation frame outside a message")
+            elif frame_opcode in (OPCODE_TEXT, OPCODE_BINARY):
+                if opcode is not None:
+                    raise _protocol_error("new message inside a fragmented message")
+                opcode = frame_opcode
+            else:
+                raise _protocol_error(f"unknown frame opcode {frame_opcode}")
+            size += length
+            if size > self.max_message_bytes:
+                raise ConnectionEnded(
+                    "message too big",
+                    f"message of more than {self.max_message_bytes} bytes "
+                    f"({size} announced so far); closing with {CLOSE_TOO_BIG}",
+                    CLOSE_TOO_BIG,
+                )
+            fragments.append(self._read_payload(length, mask))
+            if fin:
+                break
+        payload = b"".join(fragments)
+        if opcode == OPCODE_BINARY:
+            return payload
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConnectionEnded(
+                "invalid text",
+                f"text message is not valid UTF-8; closing with {CLOSE_INVALID_DATA}",
+                CLOSE_INVALID_DATA,
+            ) from None
+
+    def _read_header(self, between_messages):
+        """The frame header: (fin, opcode, payload length, mask)."""
+        head = self._read(2)
+        if not head and between_messages:
+            raise ConnectionEnded("disconnect", "connection dropped without a close frame")
+        self._check_complete(head, 2)
+        first, second = head
+        if first & 0x70:
+            raise _protocol_error("reserved bits set in a frame header")
+        if not second & 0x80:
+            raise _protocol_error("client frame is not masked")
+        fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
+        if opcode >= OPCODE_CLOSE and (not fin or length > 125):
+            raise _protocol_error("control frame fragmented or over 125 bytes")
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read_exactly(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read_exactly(8))
+        return fin, opcode, length, self._read_exactly(4)
+
+    def _read_payload(self, length, mask):
+        return unmask(self._read_exactly(length), mask) if length else b""
+
+    def _read_exactly(self, count):
+        data = self._read(count)
+        self._check_complete(data, count)
+        return data
+
+    @staticmethod
+    def _check_complete(data, count):
+        if len(data) != count:
+            raise ConnectionEnded("disconnect", "connection cut in the middle of a frame")
+
+    def _on_control_frame(self, opcode, payload):
+        if opcode == OPCODE_PING:
+            self.ws.send_frame(payload, OPCODE_PONG)
+        elif opcode == OPCODE_CLOSE:
+            if len(payload) == 1:
+                raise _protocol_error("close frame with a 1-byte payload")
+            code = struct.unpack("!H", payload[:2])[0] if payload else CLOSE_NORMAL
+            self.close(CLOSE_NORMAL)
+            raise ConnectionEnded(f"client close ({code})")
+        elif opcode != OPCODE_PONG:
+            raise _protocol_error(f"unknown control frame opcode {opcode}")
+
+
+def _protocol_error(problem):
+    return ConnectionEnded(
+        "protocol error",
+        f"{problem}; closing with {CLOSE_PROTOCOL_ERROR}",
+        CLOSE_PROTOCOL_ERROR,
+    )
+
+
+def unmask(payload, mask):
+    """XOR a client frame's payload with its 4-byte mask (RFC 6455, 5.3), in C speed."""
+    length = len(payload)
+    key = (mask * (length // 4 + 1))[:length]
+    masked = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
+    return masked.to_bytes(length, "little")

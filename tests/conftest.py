@@ -1,0 +1,91 @@
+"""Fixtures: the real server, started as `python app.py` on a free loopback port."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import websocket
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """`python app.py` in a child process, its console captured to a file."""
+
+    def __init__(self, log_path, **environ):
+        self.log_path = log_path
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "LOG_LEVEL": "INFO", **environ}
+        with open(log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "app.py"],
+                cwd=REPO,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        listening = self.wait_for(r"listening on [\d.]+:(\d+)")
+        self.port = int(listening.group(1))
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def log(self):
+        return self.log_path.read_text()
+
+    def lines(self, text):
+        """The console lines that contain `text`."""
+        return [line for line in self.log().splitlines() if text in line]
+
+    def wait_for(self, pattern, timeout=10):
+        """Wait until the console shows a line matching `pattern`; return the match."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.search(pattern, self.log())
+            if match:
+                return match
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no console line matched {pattern!r}; console:\n{self.log()}")
+
+    def summary(self, call, timeout=10):
+        """The summary line of a call's stream, once it has been logged."""
+        return self.wait_for(rf"\[{call.tag}\] summary: .*", timeout).group(0)
+
+    def connect(self, path="/media", **options):
+        """A WebSocket client connected to the server, as Twilio would connect."""
+        return websocket.create_connection(self.url + path, timeout=10, **options)
+
+    def stop(self, signum=signal.SIGTERM, timeout=10):
+        """Send a signal and return the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server shared by a module's tests; each test uses calls of its own."""
+    running = ServerProcess(tmp_path_factory.mktemp("server") / "console.log")
+    yield running
+    running.stop()
+    assert "Traceback" not in running.log()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start a server of the test's own, with extra environment variables."""
+    started = []
+
+    def start(**environ):
+        running = ServerProcess(tmp_path / f"console-{len(started)}.log", **environ)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+        assert "Traceback" not in running.log()

@@ -1,0 +1,316 @@
+"""The real server on a loopback port, spoken to with real WebSocket frames."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websocket
+from conftest import REPO
+from frames import frame, send_raw
+from twilio_calls import TwilioCall
+
+
+def play(ws, call, media_per_track=10):
+    """A whole call as Twilio streams it, without the close."""
+    ws.send(call.connected())
+    ws.send(call.start())
+    for _ in range(media_per_track):
+        for track in call.tracks:
+            ws.send(call.media(track))
+
+
+def test_whole_call_with_both_tracks_dtmf_mark_and_parameters(server):
+    call = TwilioCall(tracks=("inbound", "outbound"), parameters={"caller": "Alice", "topic": "x"})
+    ws = server.connect()
+    play(ws, call, media_per_track=25)
+    ws.send(call.dtmf("7"))
+    ws.send(call.mark("greeting-done"))
+    ws.send(call.stop())
+    ws.close()
+
+    summary = server.summary(call)
+    assert f"stream {call.stream_sid}, ended by stop" in summary
+    assert "inbound 25 messages, 4000 bytes (0.5 s)" in summary
+    assert "outbound 25 messages, 4000 bytes (0.5 s)" in summary
+    assert "gaps: 0 missing chunks, 0 missing sequence numbers; bad messages: 0" in summary
+    start = server.lines(f"[{call.tag}] start:")[0]
+    for figure in (
+        call.stream_sid,
+        call.call_sid,
+        call.account_sid,
+        "tracks inbound+outbound",
+        "audio/x-mulaw 8000 Hz 1 ch",
+        "caller=Alice, topic=x",
+    ):
+        assert figure in start
+    assert server.lines(f"[{call.tag}] dtmf: digit 7")
+    assert server.lines(f"[{call.tag}] mark: greeting-done")
+    assert server.lines(f"[{call.tag}] stop: call {call.call_sid}")
+    # No line per media message at INFO; the only lines are the events above.
+    assert len(server.lines(f"[{call.tag}]")) == 5
+
+
+def test_every_line_about_a_stream_names_it(server):
+    call = TwilioCall()
+    ws = server.connect()
+    client = f"127.0.0.1:{ws.sock.getsockname()[1]}"
+    play(ws, call)
+    ws.send("not json")
+    ws.close()
+    server.summary(call)
+    lines = server.lines(client) + server.lines(f"[{call.tag}]")
+    assert len(lines) == 5  # opened, connected, start, bad message, summary
+    assert all(f"[{client}]" in line or f"[{call.tag}]" in line for line in lines)
+
+
+def test_progress_line_every_few_seconds_of_a_call(server):
+    call = TwilioCall()
+    ws = server.connect()
+    play(ws, call, media_per_track=0)
+    deadline = time.monotonic() + 5.5
+    while time.monotonic() < deadline:
+        ws.send(call.media())
+        time.sleep(0.05)
+    ws.close()
+    server.summary(call)
+    progress = server.lines(f"[{call.tag}] media: inbound")
+    assert len(progress) == 1
+    assert re.search(r"media: inbound \d+\.\d s$", progress[0])
+
+
+def test_debug_level_shows_each_media_message(start_server):
+    debug_server = start_server(LOG_LEVEL="DEBUG")
+    call = TwilioCall()
+    ws = debug_server.connect()
+    play(ws, call, media_per_track=3)
+    ws.close()
+    debug_server.summary(call)
+    media = debug_server.lines(f"[{call.tag}] media: inbound chunk")
+    assert [line.split("media: ")[1] for line in media] == [
+        "inbound chunk 1, timestamp 0 ms, 160 bytes",
+        "inbound chunk 2, timestamp 20 ms, 160 bytes",
+        "inbound chunk 3, timestamp 40 ms, 160 bytes",
+    ]
+
+
+def test_lost_media_messages_are_counted_and_reported(server):
+    call = TwilioCall(tracks=("inbound", "outbound"))
+    ws = server.connect()
+    play(ws, call, media_per_track=5)
+    call.lose_media("inbound")
+    call.lose_media("inbound")
+    ws.send(call.media("outbound"))
+    ws.send(call.media("inbound"))
+    ws.send(call.stop())
+    ws.close()
+    summary = server.summary(call)
+    assert "gaps: 2 missing chunks, 2 missing sequence numbers" in summary
+    gaps = server.lines(f"[{call.tag}] gap:")
+    assert len(gaps) == 2
+    assert gaps[0].endswith("gap: sequence numbers 12-13 missing (2 messages lost)")
+    assert gaps[1].endswith("gap: inbound chunks 6-7 missing (2 messages, 40 ms of audio lost)")
+
+
+def test_a_lost_message_on_one_track_is_one_warning(server):
+    call = TwilioCall()
+    ws = server.connect()
+    play(ws, call, media_per_track=3)
+    call.lose_media()
+    ws.send(call.media())
+    ws.close()
+    server.summary(call)
+    (gap,) = server.lines(f"[{call.tag}] gap:")
+    assert gap.endswith(
+        "gap: inbound chunk 4, sequence number 5 missing (1 message, 20 ms of audio lost)"
+    )
+
+
+BAD_MESSAGES = [
+    ("not json at all", "not JSON"),
+    ("[1, 2, 3]", "JSON list instead of an object"),
+    ("[" * 60_000, "JSON nested too deeply"),
+    ('{"event": {"name": "media"}}', "unknown event"),
+    ('{"streamSid": "MZx"}', "no 'event' field"),
+    ('{"event": "dance"}', "unknown event 'dance'"),
+    ('{"event": "media", "media": {"track": "inbound"}}', "media without a payload"),
+    ('{"event": "media", "media": {"payload": "%%%not-base64"}}', "not valid base64"),
+    ('{"event": "media", "media": {"payload": "/w==", "chunk": "x"}}', "chunk is not a number"),
+    ('{"event": "start"}', "start event without a 'start' object"),
+    ('{"event": "dtmf", "dtmf": {}}', "dtmf without a digit"),
+    ('{"event": "mark", "mark": {}}', "mark without a name"),
+]
+
+
+def test_bad_messages_get_one_warning_each_and_the_stream_goes_on(server):
+    call = TwilioCall()
+    ws = server.connect()
+    play(ws, call, media_per_track=2)
+    for message, _ in BAD_MESSAGES:
+        ws.send(message)
+    ws.send_binary(b"\x00\x01\x02")
+    ws.send(call.media())
+    ws.send(call.dtmf("1"))
+    ws.send(call.stop())
+    ws.close()
+
+    summary = server.summary(call)
+    assert f"bad messages: {len(BAD_MESSAGES) + 1}" in summary
+    assert "inbound 3 messages" in summary
+    warnings = server.lines(f"WARNING [{call.tag}] bad message ignored:")
+    assert len(warnings) == len(BAD_MESSAGES) + 1
+    for warning, (_, reason) in zip(warnings, BAD_MESSAGES, strict=False):
+        assert reason in warning
+    assert "binary frame of 3 bytes" in warnings[-1]
+    assert server.lines(f"[{call.tag}] dtmf: digit 1")
+
+
+def test_concurrent_calls_keep_their_own_figures(server):
+    calls = [TwilioCall(tracks=("inbound", "outbound")) for _ in range(6)]
+
+    def stream(call, count):
+        ws = server.connect()
+        play(ws, call, media_per_track=count)
+        ws.send(call.stop())
+        ws.close()
+
+    threads = [
+        threading.Thread(target=stream, args=(call, 20 + 10 * n)) for n, call in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for n, call in enumerate(calls):
+        count = 20 + 10 * n
+        summary = server.summary(call)
+        assert f"inbound {count} messages, {160 * count} bytes" in summary
+        assert f"outbound {count} messages, {160 * count} bytes" in summary
+        assert "gaps: 0 missing chunks, 0 missing sequence numbers; bad messages: 0" in summary
+
+
+def test_a_connection_cut_mid_frame_ends_only_its_own_stream(server):
+    cut, other = TwilioCall(), TwilioCall()
+    ws_cut, ws_other = server.connect(), server.connect()
+    play(ws_cut, cut, media_per_track=2)
+    play(ws_other, other, media_per_track=2)
+    send_raw(ws_cut, frame(cut.media().encode())[:40])
+    ws_cut.sock.close()
+    summary = server.summary(cut)
+    assert "ended by disconnect" in summary
+    assert server.lines(f"WARNING [{cut.tag}] connection problem: connection cut in the middle")
+
+    ws_other.send(other.media())
+    ws_other.send(other.stop())
+    ws_other.close()
+    assert "inbound 3 messages" in server.summary(other)
+
+
+def test_abrupt_disconnect_and_client_close_each_end_with_a_summary(server):
+    dropped, closed = TwilioCall(), TwilioCall()
+    ws = server.connect()
+    play(ws, dropped, media_per_track=3)
+    ws.sock.close()
+    assert "ended by disconnect after" in server.summary(dropped)
+    assert server.lines(f"[{dropped.tag}] connection problem: connection dropped without a close")
+
+    ws = server.connect()
+    play(ws, closed, media_per_track=3)
+    ws.close(status=1000)
+    assert "ended by client close (1000) after" in server.summary(closed)
+
+
+@pytest.mark.parametrize(
+    "raw, problem, code",
+    [
+        (frame(b'{"event": "x"}', mask=None), "client frame is not masked", 1002),
+        (frame(b"\xff\xfe"), "text message is not valid UTF-8", 1007),
+        (frame(b"abc", opcode=0x3), "unknown frame opcode 3", 1002),
+    ],
+)
+def test_protocol_errors_close_with_their_code_and_a_warning(server, raw, problem, code):
+    call = TwilioCall()
+    ws = server.connect()
+    play(ws, call, media_per_track=1)
+    send_raw(ws, raw)
+    opcode, payload = ws.recv_data(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(payload[:2], "big") == code
+    assert "ended by" in server.summary(call)
+    assert server.lines(f"WARNING [{call.tag}] connection problem: {problem}")
+
+
+def test_ping_gets_a_pong(server):
+    ws = server.connect()
+    ws.ping(b"hello")
+    opcode, payload = ws.recv_data(control_frame=True)
+    assert (opcode, payload) == (websocket.ABNF.OPCODE_PONG, b"hello")
+    ws.close()
+
+
+def test_websocket_to_another_path_is_refused(server):
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        server.connect("/elsewhere")
+    assert refused.value.status_code == 404
+    assert server.lines("handshake refused (404 Not Found): no WebSocket route")
+
+
+def test_plain_http_request_to_media_gets_an_answer_not_a_traceback(server):
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/media", timeout=5)
+    assert answer.value.code == 400
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_summarises_open_streams_and_exits_cleanly(start_server, signum):
+    running = start_server()
+    calls = [TwilioCall(), TwilioCall(tracks=("inbound", "outbound"))]
+    sockets = []
+    for call in calls:
+        ws = running.connect()
+        play(ws, call, media_per_track=4)
+        sockets.append(ws)
+    for call in calls:
+        running.wait_for(rf"\[{call.tag}\] start:")
+    time.sleep(0.2)  # let the server read the media sent after start
+
+    started = time.monotonic()
+    assert running.stop(signum) == 0
+    assert time.monotonic() - started < 5
+    for call in calls:
+        summary = running.summary(call, timeout=0)
+        assert "ended by server shutdown" in summary
+        assert "inbound 4 messages" in summary
+    # The clients were told the server is going away.
+    opcode, payload = sockets[0].recv_data(control_frame=True)
+    assert (opcode, int.from_bytes(payload[:2], "big")) == (websocket.ABNF.OPCODE_CLOSE, 1001)
+
+
+def test_a_bad_setting_stops_the_server_with_a_clear_message():
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=REPO,
+        env={**os.environ, "PORT": "fifty"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "configuration error: PORT must be a number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_connected_message_before_start_names_the_client(server):
+    ws = server.connect()
+    client = f"127.0.0.1:{ws.sock.getsockname()[1]}"
+    ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    ws.close()
+    server.wait_for(rf"\[{client}\] summary: stream never started")
+    assert server.lines(f"[{client}] connected: protocol Call 1.0.0")
