@@ -39,7 +39,7 @@ def create_app(config=None):
     """The Flask app with its /media WebSocket route (Flask's factory convention)."""
     app = Flask(__name__)
     app.config["MEDIASTREAM"] = config or Config.from_environ()
-    app.extensions["open_streams"] = open_streams = {}
+    app.extensions["open_streams"] = open_streams = set()
     sockets = Sockets(app)
 
     @sockets.route("/media")
@@ -47,13 +47,13 @@ def create_app(config=None):
         """One Media Stream: read its messages until the connection ends."""
         stream = MediaStream(client_address(ws.environ))
         connection = Connection(ws)
-        open_streams[stream] = connection
+        open_streams.add(stream)
         console.connection_opened(stream)
         try:
             for message in connection.messages():
                 receive(stream, message)
         finally:
-            del open_streams[stream]
+            open_streams.discard(stream)
             if connection.problem:
                 console.connection_problem(stream, connection.problem)
             console.summary(stream, "stop" if stream.stopped else connection.ended_by)
