@@ -26,6 +26,7 @@ from mediastream.messages import (
     Stop,
     parse_message,
 )
+from mediastream.security import signature_check
 from mediastream.stream import MediaStream
 from mediastream.websocket import (
     Connection,
@@ -38,21 +39,26 @@ from mediastream.websocket import (
 def create_app(config=None):
     """The Flask app with its /media WebSocket route (Flask's factory convention)."""
     app = Flask(__name__)
-    app.config["MEDIASTREAM"] = config or Config.from_environ()
+    app.config["MEDIASTREAM"] = config = config or Config.from_environ()
     app.extensions["open_streams"] = open_streams = set()
-    sockets = Sockets(app)
+    sockets = Sockets(app, check=signature_check(config))
 
     @sockets.route("/media")
     def media(ws):
         """One Media Stream: read its messages until the connection ends."""
         stream = MediaStream(client_address(ws.environ))
-        connection = Connection(ws)
+        connection = Connection(ws, config.max_message_bytes)
         open_streams.add(stream)
         console.connection_opened(stream)
+        # A connection that never says which stream it is would only hold a socket open.
+        start_deadline = connection.deadline(config.start_timeout, "no start message")
         try:
             for message in connection.messages():
                 receive(stream, message)
+                if stream.stream_sid:
+                    start_deadline.cancel()
         finally:
+            start_deadline.cancel()
             open_streams.discard(stream)
             if connection.problem:
                 console.connection_problem(stream, connection.problem)

@@ -2,11 +2,12 @@
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
-    """A setting in the environment that the server cannot use; the message says which and why."""
+    """A setting the server cannot use; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,10 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 5000
     log_level: str = "INFO"
+    auth_token: str | None = field(default=None, repr=False)  # a secret: never shown
+    public_url: str | None = None
+    max_message_bytes: int = 64 * 1024
+    start_timeout: float = 10.0
 
     @classmethod
     def from_environ(cls, environ=None):
@@ -23,6 +28,14 @@ class Config:
             host=environ.get("HOST") or cls.host,
             port=_port(environ.get("PORT")),
             log_level=_log_level(environ.get("LOG_LEVEL")),
+            auth_token=environ.get("TWILIO_AUTH_TOKEN") or None,
+            public_url=_public_url(environ.get("PUBLIC_URL")),
+            max_message_bytes=_positive(
+                environ.get("MAX_MESSAGE_BYTES"), "MAX_MESSAGE_BYTES", int, cls.max_message_bytes
+            ),
+            start_timeout=_positive(
+                environ.get("START_TIMEOUT"), "START_TIMEOUT", float, cls.start_timeout
+            ),
         )
 
 
@@ -41,3 +54,28 @@ def _log_level(text):
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {text!r}")
     return level
+
+
+def _public_url(text):
+    """The scheme and host Twilio connects to, such as wss://abc.ngrok.app."""
+    if not text:
+        return None
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("wss", "ws") or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigError(
+            f"PUBLIC_URL must be a scheme and host only, like wss://abc.ngrok.app "
+            f"(the request's path is added to it), not {text!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _positive(text, name, kind, default):
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ConfigError(f"{name} must be a positive number, not {text!r}")
+    return value

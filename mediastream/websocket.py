@@ -3,16 +3,20 @@
 - flask-sockets (2016) adds its routes as plain HTTP rules; today's Werkzeug then refuses
   every WebSocket request with WebsocketMismatch. Our Sockets marks them websocket=True.
 - gevent-websocket accepts any handshake before the app sees it; MediaStreamHandler
-  refuses a handshake to a path with no WebSocket route (404) before accepting it.
-- Connection reads the frames of an accepted WebSocket itself: it knows how the
-  connection ended, reports each protocol error in words, and sends close codes
-  (gevent-websocket's close() never sends the code it is given).
+  refuses a handshake to a path with no WebSocket route (404), or one that fails the
+  app's check (403, the signature), before accepting it.
+- Connection reads the frames of an accepted WebSocket itself: it refuses a message over
+  the size limit from its header, before reading or allocating it (gevent-websocket reads
+  whatever length a header announces), knows how the connection ended, reports each
+  protocol error in words, and sends close codes (gevent-websocket's close() never sends
+  the code it is given).
 """
 
 import logging
 import struct
 
 import flask_sockets
+import gevent
 from gevent import GreenletExit
 from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
@@ -30,11 +34,19 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 
 
 class Sockets(flask_sockets.Sockets):
-    """flask-sockets, with its routes registered as WebSocket routes for today's Werkzeug."""
+    """flask-sockets, with its routes registered as WebSocket routes for today's Werkzeug.
+
+    `check`, if given, is called with each handshake's WSGI environ before it is accepted
+    and returns why to refuse it (403), or None."""
+
+    def __init__(self, app, check=None):
+        self.check = check
+        super().__init__(app)
 
     def init_app(self, app):
         app.wsgi_app = SocketMiddleware(app.wsgi_app, app, self)
@@ -49,7 +61,8 @@ class Sockets(flask_sockets.Sockets):
             self.url_map.bind_to_environ(environ).match()
         except NotFound:
             return "404 Not Found", "no WebSocket route at this path"
-        return None
+        reason = self.check(environ) if self.check else None
+        return ("403 Forbidden", reason) if reason else None
 
 
 class SocketMiddleware(flask_sockets.SocketMiddleware):
@@ -140,6 +153,17 @@ class Connection:
             self._end("server shutdown", None, CLOSE_GOING_AWAY)
         except OSError as error:
             self._end("disconnect", f"connection lost: {error}", None)
+
+    def deadline(self, seconds, what):
+        """End the connection with 1008 unless the returned timer is cancelled in time."""
+        return gevent.Timeout.start_new(
+            seconds,
+            ConnectionEnded(
+                what,
+                f"{what} within {seconds:g} s; closing with {CLOSE_POLICY_VIOLATION}",
+                CLOSE_POLICY_VIOLATION,
+            ),
+        )
 
     def _end(self, ended_by, problem, close_code):
         self.ended_by = ended_by

@@ -1,0 +1,66 @@
+"""The handshake check: with TWILIO_AUTH_TOKEN set, only Twilio gets in.
+
+Twilio signs every Media Streams WebSocket handshake: X-Twilio-Signature is the
+base64 HMAC-SHA1, keyed with the account's auth token, of the wss:// URL it connected
+to. We check it with the twilio helper library's RequestValidator, before the
+WebSocket is accepted.
+"""
+
+import logging
+from urllib.parse import quote
+
+from twilio.request_validator import RequestValidator
+
+log = logging.getLogger("mediastream")
+
+
+class SignatureCheck:
+    """Decides, from a handshake's headers, whether Twilio signed it."""
+
+    def __init__(self, auth_token, public_url=None):
+        self.validator = RequestValidator(auth_token)
+        self.public_url = public_url
+
+    def refusal(self, environ):
+        """Why the handshake must be refused, or None when Twilio signed it."""
+        signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
+        if not signature:
+            return "no X-Twilio-Signature header"
+        url = self.signed_url(environ)
+        if not self.validator.validate(url, {}, signature):
+            source = "PUBLIC_URL" if self.public_url else "the request's Host; set PUBLIC_URL"
+            return f"X-Twilio-Signature does not match {url} (from {source})"
+        return None
+
+    def signed_url(self, environ):
+        """The URL Twilio signed: the public wss:// URL of this request."""
+        base = self.public_url or _url_from_headers(environ)
+        path = quote(environ.get("PATH_INFO", "").encode("latin-1"), safe="/:@!$&'()*+,;=~")
+        query = environ.get("QUERY_STRING")
+        return f"{base}{path}?{query}" if query else f"{base}{path}"
+
+
+def _url_from_headers(environ):
+    """wss://host as the client saw it, through ngrok or another proxy where there is one."""
+    proto = _first(environ.get("HTTP_X_FORWARDED_PROTO")) or "http"
+    host = _first(environ.get("HTTP_X_FORWARDED_HOST")) or environ.get("HTTP_HOST", "")
+    scheme = "wss" if proto in ("https", "wss") else "ws"
+    return f"{scheme}://{host}"
+
+
+def _first(header):
+    """The first value of a comma-separated proxy header (the client's side)."""
+    return header.split(",")[0].strip() if header else None
+
+
+def signature_check(config):
+    """The handshake check for `config` (see Sockets), said at startup; None without a token."""
+    if not config.auth_token:
+        log.warning(
+            "TWILIO_AUTH_TOKEN is not set: handshakes are not checked, and anyone who "
+            "finds this server's URL can stream into it"
+        )
+        return None
+    where = config.public_url or "the request's Host and X-Forwarded-* headers"
+    log.info("X-Twilio-Signature required on every handshake; signed URL from %s", where)
+    return SignatureCheck(config.auth_token, config.public_url).refusal
