@@ -26,6 +26,7 @@ from mediastream.messages import (
     Stop,
     parse_message,
 )
+from mediastream.recording import Recording
 from mediastream.security import signature_check
 from mediastream.stream import MediaStream
 from mediastream.websocket import (
@@ -48,13 +49,14 @@ def create_app(config=None):
         """One Media Stream: read its messages until the connection ends."""
         stream = MediaStream(client_address(ws.environ))
         connection = Connection(ws, config.max_message_bytes)
+        recording = Recording(config.recordings_dir)
         open_streams.add(stream)
         console.connection_opened(stream)
         # A connection that never says which stream it is would only hold a socket open.
         start_deadline = connection.deadline(config.start_timeout, "no start message")
         try:
             for message in connection.messages():
-                receive(stream, message)
+                receive(stream, recording, message)
                 if stream.stream_sid:
                     start_deadline.cancel()
         finally:
@@ -62,12 +64,14 @@ def create_app(config=None):
             open_streams.discard(stream)
             if connection.problem:
                 console.connection_problem(stream, connection.problem)
-            console.summary(stream, "stop" if stream.stopped else connection.ended_by)
+            console.summary(
+                stream, "stop" if stream.stopped else connection.ended_by, recording.close()
+            )
 
     return app
 
 
-def receive(stream, message):
+def receive(stream, recording, message):
     """Decode one message from Twilio and act on its event."""
     if not isinstance(message, str):
         stream.bad_messages += 1
@@ -88,12 +92,16 @@ def receive(stream, message):
     if isinstance(event, Media):
         # event.audio holds the decoded mu-law bytes: hand them to your transcriber here.
         console.media(stream, event)
+        problem = recording.add(event)
+        if problem:
+            console.recording_failed(stream, problem)
         if stream.progress_due():
             console.progress(stream)
     elif isinstance(event, Connected):
         console.connected(stream, event)
     elif isinstance(event, Start):
         stream.start(event)
+        recording.start(event.stream_sid)
         console.started(stream, event)
     elif isinstance(event, Dtmf):
         console.dtmf(stream, event)

@@ -19,6 +19,7 @@ class Config:
     public_url: str | None = None
     max_message_bytes: int = 64 * 1024
     start_timeout: float = 10.0
+    recordings_dir: str | None = None
 
     @classmethod
     def from_environ(cls, environ=None):
@@ -36,6 +37,7 @@ class Config:
             start_timeout=_positive(
                 environ.get("START_TIMEOUT"), "START_TIMEOUT", float, cls.start_timeout
             ),
+            recordings_dir=environ.get("RECORDINGS_DIR") or None,
         )
 
 

@@ -96,10 +96,14 @@ def connection_problem(stream, problem):
     log.warning("[%s] connection problem: %s", stream.name, problem)
 
 
-def summary(stream, ended_by):
+def recording_failed(stream, problem):
+    log.error("[%s] %s", stream.name, problem)
+
+
+def summary(stream, ended_by, recorded=()):
     """The one line every stream ends with, however it ended."""
     log.info(
-        "[%s] summary: stream %s, ended by %s after %.1f s; %s; gaps: %s, %s; bad messages: %d",
+        "[%s] summary: stream %s, ended by %s after %.1f s; %s; gaps: %s, %s; bad messages: %d%s",
         stream.name,
         stream.stream_sid or "never started",
         ended_by,
@@ -108,6 +112,7 @@ def summary(stream, ended_by):
         _count(stream.missing_chunks, "missing chunk"),
         _count(stream.missing_sequence_numbers, "missing sequence number"),
         stream.bad_messages,
+        f"; recorded {', '.join(str(path) for path in recorded)}" if recorded else "",
     )
 
 

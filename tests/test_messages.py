@@ -4,7 +4,6 @@ import base64
 import json
 
 import pytest
-from twilio_calls import TwilioCall
 
 from mediastream.messages import (
     BadMessage,
@@ -16,6 +15,7 @@ from mediastream.messages import (
     Stop,
     parse_message,
 )
+from mediastream.simulator import TwilioCall
 
 
 def test_every_documented_event_decodes_to_its_type():

@@ -11,10 +11,9 @@ import time
 import pytest
 import websocket
 from conftest import REPO
-from frames import frame, send_raw
-from twilio_calls import TwilioCall
 
 from mediastream.security import SignatureCheck
+from mediastream.simulator import TwilioCall, encode_frame
 
 TOKEN = "12345678901234567890123456789012"
 PUBLIC_URL = "wss://abc123.ngrok.app"
@@ -161,7 +160,7 @@ def test_a_header_announcing_one_tebibyte_is_refused_at_no_cost(guarded):
     call = TwilioCall()
     ws = signed(guarded)
     ws.send(call.start())
-    send_raw(ws, frame(length=1 << 40))
+    ws.sock.sendall(encode_frame(length=1 << 40))
     assert close_code(ws) == 1009
     assert "ended by message too big" in guarded.summary(call)
     assert guarded.lines(
@@ -187,9 +186,9 @@ def test_fragments_adding_up_past_the_limit_are_refused(guarded):
     ws = signed(guarded)
     ws.send(call.start())
     piece = b"x" * 30_000
-    send_raw(ws, frame(piece, opcode=0x1, fin=False))
-    send_raw(ws, frame(piece, opcode=0x0, fin=False))
-    send_raw(ws, frame(length=30_000, opcode=0x0, fin=True))  # header only: never read
+    ws.sock.sendall(encode_frame(piece, opcode=0x1, fin=False))
+    ws.sock.sendall(encode_frame(piece, opcode=0x0, fin=False))
+    ws.sock.sendall(encode_frame(length=30_000, opcode=0x0, fin=True))  # header only: never read
     assert close_code(ws) == 1009
     problem = "connection problem: message of more than 65536 bytes (90000 announced"
     assert guarded.lines(f"[{call.tag}] {problem}")
@@ -209,7 +208,7 @@ def test_a_connection_that_never_sends_start_is_closed(guarded):
 def test_after_the_abuse_memory_is_small_and_a_signed_call_streams(guarded):
     for _ in range(20):
         ws = signed(guarded)
-        send_raw(ws, frame(length=1 << 40))
+        ws.sock.sendall(encode_frame(length=1 << 40))
         close_code(ws)
         ws = signed(guarded)
         try:

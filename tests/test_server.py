@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 import websocket
 from conftest import REPO
-from frames import frame, send_raw
-from twilio_calls import TwilioCall
+
+from mediastream.simulator import TwilioCall, encode_frame
 
 
 def play(ws, call, media_per_track=10):
@@ -201,7 +201,7 @@ def test_a_connection_cut_mid_frame_ends_only_its_own_stream(server):
     ws_cut, ws_other = server.connect(), server.connect()
     play(ws_cut, cut, media_per_track=2)
     play(ws_other, other, media_per_track=2)
-    send_raw(ws_cut, frame(cut.media().encode())[:40])
+    ws_cut.sock.sendall(encode_frame(cut.media().encode())[:40])
     ws_cut.sock.close()
     summary = server.summary(cut)
     assert "ended by disconnect" in summary
@@ -230,16 +230,16 @@ def test_abrupt_disconnect_and_client_close_each_end_with_a_summary(server):
 @pytest.mark.parametrize(
     "raw, problem, code",
     [
-        (frame(b'{"event": "x"}', mask=None), "client frame is not masked", 1002),
-        (frame(b"\xff\xfe"), "text message is not valid UTF-8", 1007),
-        (frame(b"abc", opcode=0x3), "unknown frame opcode 3", 1002),
+        (encode_frame(b'{"event": "x"}', mask=b""), "client frame is not masked", 1002),
+        (encode_frame(b"\xff\xfe"), "text message is not valid UTF-8", 1007),
+        (encode_frame(b"abc", opcode=0x3), "unknown frame opcode 3", 1002),
     ],
 )
 def test_protocol_errors_close_with_their_code_and_a_warning(server, raw, problem, code):
     call = TwilioCall()
     ws = server.connect()
     play(ws, call, media_per_track=1)
-    send_raw(ws, raw)
+    ws.sock.sendall(raw)
     opcode, payload = ws.recv_data(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     assert int.from_bytes(payload[:2], "big") == code

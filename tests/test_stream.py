@@ -1,8 +1,7 @@
 """One stream's state and figures, fed events directly."""
 
-from twilio_calls import TwilioCall
-
 from mediastream.messages import parse_message
+from mediastream.simulator import TwilioCall
 from mediastream.stream import MediaStream
 
 

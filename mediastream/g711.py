@@ -1,0 +1,46 @@
+"""G.711 mu-law, the audio Twilio streams: 8000 Hz, one byte a sample.
+
+Pure Python with lookup tables, because audioop (which did this in C) left the
+standard library in Python 3.13.
+"""
+
+import struct
+
+BIAS = 0x84
+SILENCE = 0xFF  # mu-law's zero
+
+
+def _encode_sample(sample):
+    """One signed 16-bit sample -> one mu-law byte (G.711, as Sun's reference code and
+    audioop compute it: on the top 14 bits of the sample)."""
+    value = sample >> 2
+    mask = 0x7F if value < 0 else 0xFF
+    magnitude = min(abs(value), 8159) + (BIAS >> 2)
+    segment = max(magnitude.bit_length() - 6, 0)  # 0 for 33..63, ... 7 for 4096..8191
+    if segment > 7:
+        return 0x7F ^ mask  # the loudest code
+    return (segment << 4 | (magnitude >> (segment + 1)) & 0x0F) ^ mask
+
+
+def _decode_byte(byte):
+    """One mu-law byte -> one signed 16-bit sample."""
+    byte = ~byte & 0xFF
+    exponent, mantissa = (byte >> 4) & 0x07, byte & 0x0F
+    magnitude = ((mantissa << 3) + BIAS) << exponent
+    return BIAS - magnitude if byte & 0x80 else magnitude - BIAS
+
+
+# Every 16-bit sample's code, and every code's sample as 2 little-endian bytes.
+_ENCODE = bytes(_encode_sample(sample) for sample in range(-32768, 32768))
+_DECODE = [struct.pack("<h", _decode_byte(byte)) for byte in range(256)]
+
+
+def encode(pcm):
+    """16-bit little-endian PCM bytes -> mu-law bytes."""
+    samples = memoryview(pcm).cast("h")
+    return bytes(_ENCODE[sample + 32768] for sample in samples)
+
+
+def decode(ulaw):
+    """mu-law bytes -> 16-bit little-endian PCM bytes."""
+    return b"".join([_DECODE[byte] for byte in ulaw])

@@ -1,0 +1,349 @@
+"""A Twilio stand-in: plays Media Streams calls into a server as Twilio sends them.
+
+`python simulate.py` is its command line. A call is: a WebSocket handshake (signed
+with X-Twilio-Signature when given an auth token), then connected, start, media in
+20 ms chunks of 160 bytes of mu-law per track, dtmf, mark, stop, and a close.
+"""
+
+import base64
+import json
+import math
+import os
+import struct
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import gevent
+from gevent import socket, ssl
+from twilio.request_validator import RequestValidator
+
+from mediastream import g711
+from mediastream.websocket import OPCODE_CLOSE, OPCODE_TEXT, unmask
+
+CHUNK_SAMPLES = 160  # 20 ms at 8000 Hz
+CHUNK_SECONDS = 0.02
+
+
+def new_sid(prefix):
+    """A Twilio-style SID: two letters and 32 hex digits."""
+    return prefix + uuid.uuid4().hex
+
+
+class TwilioCall:
+    """One stream's messages, shaped and numbered as Twilio's reference documents them."""
+
+    def __init__(self, tracks=("inbound",), parameters=None):
+        self.stream_sid = new_sid("MZ")
+        self.call_sid = new_sid("CA")
+        self.account_sid = new_sid("AC")
+        self.tracks = list(tracks)
+        self.parameters = parameters or {}
+        self.sequence = 0
+        self.chunks = dict.fromkeys(self.tracks, 0)
+
+    @property
+    def tag(self):
+        """How the server's console names this stream."""
+        return self.stream_sid[-8:]
+
+    def connected(self):
+        return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+    def start(self):
+        return self._numbered(
+            "start",
+            {
+                "accountSid": self.account_sid,
+                "streamSid": self.stream_sid,
+                "callSid": self.call_sid,
+                "tracks": self.tracks,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                "customParameters": self.parameters,
+            },
+        )
+
+    def media(self, track="inbound", audio=b"\xff" * CHUNK_SAMPLES):
+        self.chunks[track] += 1
+        chunk = self.chunks[track]
+        return self._numbered(
+            "media",
+            {
+                "track": track,
+                "chunk": str(chunk),
+                "timestamp": str((chunk - 1) * 20),
+                "payload": base64.b64encode(audio).decode(),
+            },
+        )
+
+    def lose_media(self, track="inbound"):
+        """Number a media message that never arrives, as a lost one would be."""
+        self.media(track)
+
+    def dtmf(self, digit):
+        return self._numbered("dtmf", {"track": "inbound_track", "digit": digit})
+
+    def mark(self, name):
+        return self._numbered("mark", {"name": name})
+
+    def stop(self):
+        return self._numbered("stop", {"accountSid": self.account_sid, "callSid": self.call_sid})
+
+    def _numbered(self, event, body):
+        self.sequence += 1
+        return json.dumps(
+            {
+                "event": event,
+                "sequenceNumber": str(self.sequence),
+                event: body,
+                "streamSid": self.stream_sid,
+            }
+        )
+
+
+def encode_frame(payload=b"", opcode=OPCODE_TEXT, fin=True, mask=None, length=None):
+    """A client frame (RFC 6455): masked with `mask` (default: random), or unmasked with
+    mask=b"". `length` announces a length other than the payload's."""
+    mask = os.urandom(4) if mask is None else mask
+    length = len(payload) if length is None else length
+    mask_bit = 0x80 if mask else 0
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 1 << 16:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
+    return head + mask + unmask(payload, mask) if mask else head + payload
+
+
+# Audio -----------------------------------------------------------------------------
+
+
+def test_signal(seconds, frequency=440.0):
+    """A tone, as 16-bit PCM at 8000 Hz: the built-in audio."""
+    count = round(seconds * 8000)
+    return struct.pack(
+        f"<{count}h",
+        *(round(8000 * math.sin(2 * math.pi * frequency * n / 8000)) for n in range(count)),
+    )
+
+
+def read_wav(path):
+    """The 16-bit PCM samples of an 8000 Hz mono WAV file; ValueError says what is wrong."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
+            frames = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as problem:
+        raise ValueError(f"{path}: not a PCM WAV file ({problem})") from None
+    if shape != (8000, 1, 2):
+        rate, channels, width = shape
+        raise ValueError(
+            f"{path}: {rate} Hz, {channels} channels, {8 * width}-bit; need 8000 Hz mono "
+            f"16-bit PCM (convert with: sox {path} -r 8000 -c 1 -b 16 out.wav)"
+        )
+    return frames
+
+
+def mulaw_chunks(pcm, seconds):
+    """`seconds` of 20 ms mu-law chunks from `pcm`, looped; the last one padded."""
+    audio = g711.encode(pcm) or bytes([g711.SILENCE])
+    count = max(1, round(seconds / CHUNK_SECONDS))
+    while len(audio) < count * CHUNK_SAMPLES:
+        audio += audio
+    chunks = [audio[n * CHUNK_SAMPLES : (n + 1) * CHUNK_SAMPLES] for n in range(count)]
+    chunks[-1] = chunks[-1].ljust(CHUNK_SAMPLES, bytes([g711.SILENCE]))
+    return chunks
+
+
+# One call ----------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """The server answered the handshake with something other than 101."""
+
+
+@dataclass
+class CallResult:
+    stream_sid: str
+    messages: int = 0
+    failure: str | None = None
+
+
+@dataclass
+class Plan:
+    """What every call plays."""
+
+    url: str
+    tracks: tuple = ("inbound",)
+    chunks: dict = field(default_factory=dict)  # track -> list of mu-law chunks
+    parameters: dict = field(default_factory=dict)
+    digits: str = ""
+    marks: tuple = ()
+    lose: frozenset = frozenset()  # chunk numbers numbered but not sent, on every track
+    realtime: bool = True
+    auth_token: str | None = None
+    signed_url: str | None = None
+
+
+def play_call(plan, progress=None):
+    """Play one call into the server; return what happened."""
+    call = TwilioCall(plan.tracks, plan.parameters)
+    result = CallResult(call.stream_sid)
+    try:
+        sock = connect(plan.url, _handshake_headers(plan))
+    except Refused as refusal:
+        result.failure = f"refused: HTTP {refusal}"
+        return result
+    except OSError as error:
+        result.failure = f"failed to connect: {error}"
+        return result
+    closed_by_server = gevent.spawn(_wait_for_close, sock)
+    try:
+        for message in _messages(call, plan):
+            if closed_by_server.ready():
+                result.failure = f"closed by the server ({closed_by_server.value})"
+                break
+            if message is None:  # a pause for real-time pacing
+                continue
+            sock.sendall(encode_frame(message.encode()))
+            result.messages += 1
+            if progress:
+                progress()
+        else:
+            sock.sendall(encode_frame(struct.pack("!H", 1000), OPCODE_CLOSE))
+            closed_by_server.join(timeout=5)
+    except OSError as error:
+        result.failure = f"connection lost: {error}"
+    finally:
+        closed_by_server.kill()
+        sock.close()
+    return result
+
+
+def _messages(call, plan):
+    """The call's messages in order; None where real-time pacing waits."""
+    yield call.connected()
+    yield call.start()
+    count = len(next(iter(plan.chunks.values())))
+    dtmf_at = {
+        round((n + 1) * count / (len(plan.digits) + 1)): d for n, d in enumerate(plan.digits)
+    }
+    started = time.monotonic()
+    for n in range(count):
+        for track in plan.tracks:
+            if n + 1 in plan.lose:
+                call.lose_media(track)
+            else:
+                yield call.media(track, plan.chunks[track][n])
+        if n in dtmf_at:
+            yield call.dtmf(dtmf_at[n])
+        if plan.realtime:
+            gevent.sleep(max(0.0, started + (n + 1) * CHUNK_SECONDS - time.monotonic()))
+        elif n % 50 == 49:
+            gevent.sleep(0)  # let the other calls send too
+        yield None
+    for name in plan.marks:
+        yield call.mark(name)
+    yield call.stop()
+
+
+def _handshake_headers(plan):
+    if not plan.auth_token:
+        return {}
+    signed_url = plan.signed_url or plan.url
+    return {
+        "X-Twilio-Signature": RequestValidator(plan.auth_token).compute_signature(signed_url, {})
+    }
+
+
+def connect(url, headers):
+    """Open a WebSocket to `url` (ws:// or wss://); raise Refused on a non-101 answer."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    sock = socket.create_connection((parts.hostname, port), timeout=10)
+    if secure:
+        sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
+    key = base64.b64encode(os.urandom(16)).decode()
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        data = sock.recv(4096)
+        if not data:
+            sock.close()
+            raise OSError("connection closed during the handshake")
+        response += data
+    status = response.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 1)[-1]
+    if not status.startswith("101"):
+        sock.close()
+        raise Refused(status)
+    sock.settimeout(None)
+    return sock
+
+
+def _wait_for_close(sock):
+    """Read what the server sends until its close frame; return the close code."""
+    received = b""
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            return "connection closed"
+        received += data
+        while len(received) >= 2:
+            opcode, length = received[0] & 0x0F, received[1] & 0x7F
+            if len(received) < 2 + length:
+                break
+            payload, received = received[2 : 2 + length], received[2 + length :]
+            if opcode == OPCODE_CLOSE:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+
+
+# Many calls --------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    results: list
+    seconds: float
+
+    @property
+    def messages(self):
+        return sum(result.messages for result in self.results)
+
+    @property
+    def failures(self):
+        return [result for result in self.results if result.failure]
+
+    def lines(self):
+        calls = len(self.results)
+        rate = self.messages / self.seconds if self.seconds else 0.0
+        yield (
+            f"simulated {calls} calls ({calls - len(self.failures)} completed, "
+            f"{len(self.failures)} failed): {self.messages} messages in {self.seconds:.1f} s, "
+            f"{rate:.0f} messages/s"
+        )
+        for number, result in enumerate(self.results, 1):
+            if result.failure:
+                yield f"  call {number} ({result.stream_sid}): {result.failure}"
+
+
+def run(plan, calls, progress=None):
+    """Play `calls` concurrent calls of `plan`; return the report."""
+    started = time.monotonic()
+    greenlets = [gevent.spawn(play_call, plan, progress) for _ in range(calls)]
+    gevent.joinall(greenlets)
+    return Report([greenlet.value for greenlet in greenlets], time.monotonic() - started)

@@ -1,0 +1,144 @@
+"""Play Twilio Media Streams calls into a running server, as Twilio would: no phone needed.
+
+python simulate.py                          one 10 s call into ws://127.0.0.1:5000/media
+python simulate.py --calls 20 --tracks both --dtmf 42 --mark greeting
+python simulate.py --wav hello.wav          a recording (8000 Hz mono 16-bit PCM WAV)
+python simulate.py --fast --calls 100       flat out, for load tests
+"""
+
+import argparse
+import os
+import sys
+import time
+
+from mediastream.simulator import Plan, mulaw_chunks, read_wav, run, test_signal
+
+TRACKS = {"inbound": ("inbound",), "outbound": ("outbound",), "both": ("inbound", "outbound")}
+TONES = {"inbound": 440.0, "outbound": 660.0}  # the built-in signal: a tone per track
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--url",
+        default="ws://127.0.0.1:5000/media",
+        help="the server's WebSocket URL (default: %(default)s)",
+    )
+    parser.add_argument("--calls", type=int, default=1, help="concurrent calls (default: 1)")
+    parser.add_argument(
+        "--tracks", choices=TRACKS, default="inbound", help="tracks to stream (default: inbound)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, help="length of each call (default: 10, or the WAV's length)"
+    )
+    parser.add_argument(
+        "--wav", help="play this WAV file (8000 Hz mono 16-bit PCM) instead of a tone"
+    )
+    parser.add_argument("--fast", action="store_true", help="send flat out instead of in real time")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a custom parameter (repeatable)",
+    )
+    parser.add_argument(
+        "--dtmf", default="", metavar="DIGITS", help="keys pressed during the call, spread over it"
+    )
+    parser.add_argument(
+        "--mark",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a mark event before the stop (repeatable)",
+    )
+    parser.add_argument(
+        "--lose",
+        action="append",
+        type=int,
+        default=[],
+        metavar="CHUNK",
+        help="number chunk CHUNK of each track but never send it, as a lost message (repeatable)",
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=os.environ.get("TWILIO_AUTH_TOKEN"),
+        help="sign the handshake with this auth token (default: $TWILIO_AUTH_TOKEN)",
+    )
+    parser.add_argument(
+        "--signed-url",
+        help="the URL to sign if not --url: the server's PUBLIC_URL + /media",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.calls < 1:
+        parser.error("--calls must be at least 1")
+    if arguments.seconds is not None and arguments.seconds <= 0:
+        parser.error("--seconds must be positive")
+    if any("=" not in pair for pair in arguments.param):
+        parser.error("--param takes NAME=VALUE")
+    return arguments
+
+
+def plan_from(arguments):
+    """What each call plays, from the command line; ValueError for an unusable WAV."""
+    tracks = TRACKS[arguments.tracks]
+    if arguments.wav:
+        pcm = read_wav(arguments.wav)
+        seconds = arguments.seconds or max(len(pcm) / 16000, 0.02)
+        chunks = dict.fromkeys(tracks, mulaw_chunks(pcm, seconds))
+    else:
+        seconds = arguments.seconds or 10.0
+        chunks = {track: mulaw_chunks(test_signal(1.0, TONES[track]), seconds) for track in tracks}
+    return Plan(
+        url=arguments.url,
+        tracks=tracks,
+        chunks=chunks,
+        parameters=dict(pair.split("=", 1) for pair in arguments.param),
+        digits=arguments.dtmf,
+        marks=tuple(arguments.mark),
+        lose=frozenset(arguments.lose),
+        realtime=not arguments.fast,
+        auth_token=arguments.auth_token,
+        signed_url=arguments.signed_url,
+    )
+
+
+class Counter:
+    """A live count of messages sent, redrawn on a terminal at most 4 times a second."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream if stream.isatty() else None
+        self.sent = 0
+        self.started = self.drawn = time.monotonic()
+
+    def __call__(self):
+        self.sent += 1
+        now = time.monotonic()
+        if self.stream and now - self.drawn >= 0.25:
+            self.drawn = now
+            self.stream.write(f"\r{self.sent} messages sent, {now - self.started:.1f} s")
+            self.stream.flush()
+
+    def clear(self):
+        if self.stream:
+            self.stream.write("\r\033[K")
+
+
+def main(argv=None):
+    arguments = parse_arguments(argv)
+    try:
+        plan = plan_from(arguments)
+    except (OSError, ValueError) as problem:
+        sys.exit(f"simulate.py: {problem}")
+    counter = Counter()
+    report = run(plan, arguments.calls, counter)
+    counter.clear()
+    for line in report.lines():
+        print(line)
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
