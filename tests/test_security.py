@@ -190,6 +190,7 @@ def test_fragments_adding_up_past_the_limit_are_refused(guarded):
     ws.sock.sendall(encode_frame(piece, opcode=0x0, fin=False))
     ws.sock.sendall(encode_frame(length=30_000, opcode=0x0, fin=True))  # header only: never read
     assert close_code(ws) == 1009
+    assert "ended by message too big" in guarded.summary(call)
     problem = "connection problem: message of more than 65536 bytes (90000 announced"
     assert guarded.lines(f"[{call.tag}] {problem}")
 

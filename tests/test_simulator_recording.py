@@ -1,0 +1,276 @@
+"""The simulator plays calls into the real server; the server records them to WAV files."""
+
+import random
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+import wave
+
+import pytest
+from conftest import REPO
+
+from mediastream import g711
+from mediastream.messages import Media
+from mediastream.recording import MAX_GAP_CHUNKS, Recording
+
+SAMPLES_PER_CHUNK = 160
+
+
+def simulate(server, *arguments, timeout=60):
+    """Run `python simulate.py` against `server`; return its exit status and output."""
+    result = subprocess.run(
+        [sys.executable, "simulate.py", "--url", server.url + "/media", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "Traceback" not in result.stderr
+    return result.returncode, result.stdout + result.stderr
+
+
+def write_wav(path, pcm, rate=8000, channels=1, width=2):
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+
+
+def read_wav(path):
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (8000, 1, 2)
+        return wav.readframes(wav.getnframes())
+
+
+def noise(chunks, seed=1):
+    """Random 16-bit PCM, `chunks` x 20 ms: every sample different, so nothing hides."""
+    rng = random.Random(seed)
+    count = chunks * SAMPLES_PER_CHUNK
+    return struct.pack(f"<{count}h", *(rng.randint(-20000, 20000) for _ in range(count)))
+
+
+def recorded_files(directory):
+    return sorted(path.name for path in directory.iterdir())
+
+
+def test_a_wav_plays_through_and_is_recorded_sample_for_sample(start_server, tmp_path):
+    recordings = tmp_path / "recordings"
+    server = start_server(RECORDINGS_DIR=str(recordings))
+    sent = noise(chunks=50)
+    write_wav(tmp_path / "call.wav", sent)
+
+    status, report = simulate(server, "--wav", str(tmp_path / "call.wav"), "--fast", "--lose", "7")
+    assert status == 0, report
+    assert "simulated 1 calls (1 completed, 0 failed): 52 messages" in report  # 49 media + 3
+
+    (name,) = recorded_files(recordings)
+    assert name.startswith("MZ") and name.endswith("-inbound.wav")
+    recorded = read_wav(recordings / name)
+    # What the server can hear is the sent audio through G.711; chunk 7 was lost: silence.
+    expected = bytearray(g711.decode(g711.encode(sent)))
+    lost = slice(6 * 2 * SAMPLES_PER_CHUNK, 7 * 2 * SAMPLES_PER_CHUNK)
+    expected[lost] = bytes(2 * SAMPLES_PER_CHUNK)
+    assert len(recorded) == len(expected) == 50 * 2 * SAMPLES_PER_CHUNK
+    assert recorded == bytes(expected)
+    summary = server.wait_for(r"summary: .*").group(0)
+    assert f"recorded {recordings / name}" in summary
+    assert "gaps: 1 missing chunk" in summary
+
+
+def test_concurrent_calls_with_both_tracks_get_a_file_per_track(start_server, tmp_path):
+    recordings = tmp_path / "recordings"
+    server = start_server(RECORDINGS_DIR=str(recordings))
+    status, report = simulate(
+        server, "--calls", "4", "--tracks", "both", "--seconds", "1", "--fast"
+    )
+    assert status == 0, report
+    assert "simulated 4 calls (4 completed, 0 failed): 412 messages" in report
+    names = recorded_files(recordings)
+    assert len(names) == 8
+    streams = {name.rsplit("-", 1)[0] for name in names}
+    assert len(streams) == 4
+    for stream in streams:
+        inbound = read_wav(recordings / f"{stream}-inbound.wav")
+        outbound = read_wav(recordings / f"{stream}-outbound.wav")
+        assert len(inbound) == len(outbound) == 50 * 2 * SAMPLES_PER_CHUNK
+        assert inbound != outbound  # the built-in signal is a different tone per track
+
+
+def test_shutdown_with_a_call_open_leaves_a_file_that_plays(start_server, tmp_path):
+    recordings = tmp_path / "recordings"
+    server = start_server(RECORDINGS_DIR=str(recordings))
+    caller = subprocess.Popen(
+        [sys.executable, "simulate.py", "--url", server.url + "/media", "--seconds", "30"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        server.wait_for(r"start: stream")
+        time.sleep(1.0)
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        report = caller.communicate(timeout=30)[0]
+    assert "closed by the server (1001)" in report
+    (name,) = recorded_files(recordings)
+    with wave.open(str(recordings / name), "rb") as wav:
+        frames = wav.getnframes()
+    # The header was finalised: it counts every sample in the file, about 1 s of them.
+    assert (recordings / name).stat().st_size == 44 + 2 * frames
+    assert 4000 <= frames <= 16000
+    assert frames % SAMPLES_PER_CHUNK == 0
+
+
+def test_an_unwritable_directory_is_reported_once_and_the_call_goes_on(start_server, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    server = start_server(RECORDINGS_DIR=str(blocker / "recordings"))
+    status, report = simulate(server, "--seconds", "1", "--fast", "--tracks", "both")
+    assert status == 0, report
+    summary = server.wait_for(r"summary: .*").group(0)
+    assert "inbound 50 messages" in summary and "outbound 50 messages" in summary
+    assert "recorded" not in summary
+    (error,) = server.lines("ERROR")
+    assert "recording stopped, the call goes on:" in error
+    assert str(blocker) in error
+
+
+def media(chunk, audio=b"\x00" * SAMPLES_PER_CHUNK, track="inbound"):
+    return Media("MZ1", None, track, chunk, None, audio)
+
+
+def test_recording_places_each_chunk_on_the_timeline(tmp_path):
+    recording = Recording(tmp_path)
+    recording.start("MZ../../escape")
+    for chunk in (1, 2, 5, 4, 6):  # 3 and 4 lost; 4 arrives late and is dropped
+        assert recording.add(media(chunk, bytes([chunk]) * SAMPLES_PER_CHUNK)) is None
+    (path,) = recording.close()
+    assert path.parent == tmp_path and path.name == "MZ______escape-inbound.wav"
+    pcm = read_wav(path)
+    chunks = [pcm[n : n + 320] for n in range(0, len(pcm), 320)]
+    silence = bytes(320)
+    assert [chunk == silence for chunk in chunks] == [False, False, True, True, False, False]
+    assert chunks[4] == g711.decode(bytes([5]) * SAMPLES_PER_CHUNK)
+
+
+def test_a_wild_chunk_number_fills_at_most_a_minute_of_silence(tmp_path):
+    recording = Recording(tmp_path)
+    recording.start("MZ1")
+    recording.add(media(1))
+    recording.add(media(10**12))
+    (path,) = recording.close()
+    with wave.open(str(path)) as wav:
+        assert wav.getnframes() == (2 + MAX_GAP_CHUNKS) * SAMPLES_PER_CHUNK
+
+
+def test_without_a_directory_nothing_is_written(tmp_path):
+    recording = Recording(None)
+    recording.start("MZ1")
+    assert recording.add(media(1)) is None
+    assert recording.close() == []
+
+
+def test_simulator_options_reach_the_server(server):
+    status, report = simulate(
+        server,
+        "--tracks",
+        "both",
+        "--seconds",
+        "0.5",
+        "--fast",
+        "--param",
+        "caller=Alice",
+        "--param",
+        "topic=a=b",
+        "--dtmf",
+        "9#",
+        "--mark",
+        "greeting",
+    )
+    assert status == 0, report
+    start = server.wait_for(r"\[(\w{8})\] start: .*parameters: caller=Alice, topic=a=b")
+    tag = start.group(1)
+    summary = server.summary(type("Call", (), {"tag": tag}))
+    assert "inbound 25 messages" in summary and "outbound 25 messages" in summary
+    assert [line.split("] ")[1] for line in server.lines(f"[{tag}] dtmf")] == [
+        "dtmf: digit 9 (inbound_track)",
+        "dtmf: digit # (inbound_track)",
+    ]
+    assert server.lines(f"[{tag}] mark: greeting")
+
+
+def test_real_time_pacing_takes_real_time_and_fast_does_not(server):
+    started = time.monotonic()
+    status, report = simulate(server, "--seconds", "1.5", "--calls", "3")
+    elapsed = time.monotonic() - started
+    assert status == 0, report
+    assert "3 calls (3 completed, 0 failed): 234 messages in 1." in report  # 3 x (75 + 3)
+    assert elapsed >= 1.5
+
+    status, report = simulate(server, "--seconds", "30", "--fast")
+    assert status == 0
+    # 30 s of audio: 1500 media + connected, start, stop, sent in well under 30 s.
+    seconds = float(re.search(r"1503 messages in ([\d.]+) s", report).group(1))
+    assert seconds < 10
+
+
+def test_refused_and_failed_connections_are_reported_with_their_status(server):
+    status, report = simulate(server, "--seconds", "0.1")  # a working one for contrast
+    assert status == 0
+    result = subprocess.run(
+        [sys.executable, "simulate.py", "--url", server.url + "/wrong", "--calls", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "simulated 2 calls (0 completed, 2 failed)" in result.stdout
+    assert result.stdout.count("refused: HTTP 404 Not Found") == 2
+
+
+def test_a_signed_simulation_passes_the_signature_check(start_server):
+    token = "f" * 32
+    guarded = start_server(TWILIO_AUTH_TOKEN=token, PUBLIC_URL="wss://sim.ngrok.app")
+    status, report = simulate(guarded, "--seconds", "0.2", "--fast")
+    assert status == 1 and "refused: HTTP 403 Forbidden" in report
+    status, report = simulate(
+        guarded,
+        "--seconds",
+        "0.2",
+        "--fast",
+        "--auth-token",
+        token,
+        "--signed-url",
+        "wss://sim.ngrok.app/media",
+    )
+    assert status == 0, report
+
+
+def test_a_wav_in_another_format_gets_a_clear_error(server, tmp_path):
+    write_wav(tmp_path / "cd.wav", bytes(4 * 441), rate=44100, channels=2)
+    status, report = simulate(server, "--wav", str(tmp_path / "cd.wav"))
+    assert status != 0
+    assert "44100 Hz, 2 channels, 16-bit; need 8000 Hz mono 16-bit PCM" in report
+    (tmp_path / "text.wav").write_text("hello")
+    status, report = simulate(server, "--wav", str(tmp_path / "text.wav"))
+    assert status != 0 and "not a PCM WAV file" in report
+    status, report = simulate(server, "--wav", str(tmp_path / "missing.wav"))
+    assert status != 0 and "No such file" in report
+
+
+def test_g711_matches_the_reference_on_every_sample():
+    audioop = pytest.importorskip("audioop")  # the C reference, in Python before 3.13
+    every_sample = struct.pack("<65536h", *range(-32768, 32768))
+    assert g711.encode(every_sample) == audioop.lin2ulaw(every_sample, 2)
+    assert g711.decode(bytes(range(256))) == audioop.ulaw2lin(bytes(range(256)), 2)
+
+
+def test_g711_known_values():
+    assert g711.encode(struct.pack("<4h", 0, -1, 32767, -32768)).hex() == "ff7e8000"
+    assert struct.unpack("<3h", g711.decode(bytes([0xFF, 0x80, 0x00]))) == (0, 32124, -32124)
