@@ -12,7 +12,6 @@ import sys
 import gevent
 from flask import Flask
 from gevent import pywsgi
-from gevent.pool import Pool
 
 from mediastream import console
 from mediastream.config import Config, ConfigError
@@ -32,6 +31,7 @@ from mediastream.stream import NOTHING_MISSING, MediaStream
 from mediastream.websocket import (
     Connection,
     MediaStreamHandler,
+    OpenConnections,
     Sockets,
     client_address,
 )
@@ -41,7 +41,7 @@ def create_app(config=None):
     """The Flask app with its /media WebSocket route (Flask's factory convention)."""
     app = Flask(__name__)
     app.config["MEDIASTREAM"] = config = config or Config.from_environ()
-    app.extensions["open_streams"] = open_streams = set()
+    app.extensions["connections"] = connections = OpenConnections()
     sockets = Sockets(app, check=signature_check(config))
 
     @sockets.route("/media")
@@ -50,7 +50,7 @@ def create_app(config=None):
         stream = MediaStream(client_address(ws.environ))
         connection = Connection(ws, config.max_message_bytes)
         recording = Recording(config.recordings_dir)
-        open_streams.add(stream)
+        connections.add(connection)
         console.connection_opened(stream)
         # A connection that never says which stream it is would only hold a socket open.
         start_deadline = connection.deadline(config.start_timeout, "no start message")
@@ -61,7 +61,7 @@ def create_app(config=None):
                     start_deadline.cancel()
         finally:
             start_deadline.cancel()
-            open_streams.discard(stream)
+            connections.discard(connection)
             if connection.problem:
                 console.connection_problem(stream, connection.problem)
             console.summary(
@@ -119,15 +119,13 @@ def serve(app):
         (config.host, config.port),
         app,
         handler_class=MediaStreamHandler,
-        spawn=Pool(),  # a pool, so that stop() can end the open streams' greenlets
         log=None,
     )
 
     def shut_down():
-        console.log.info(
-            "shutting down: ending %d open streams", len(app.extensions["open_streams"])
-        )
-        server.stop(timeout=0)
+        server.close()  # accept no more calls
+        app.extensions["connections"].end_all()
+        server.stop(timeout=1)
 
     gevent.signal_handler(signal.SIGTERM, shut_down)
     gevent.signal_handler(signal.SIGINT, shut_down)

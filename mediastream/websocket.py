@@ -135,6 +135,15 @@ class ConnectionEnded(Exception):
         self.close_code = close_code
 
 
+class OpenConnections(set):
+    """Every Connection being served, so that a shutdown can end them all at once."""
+
+    def end_all(self, timeout=5):
+        """End every open connection now, each with its summary, and wait for them."""
+        log.info("shutting down: ending %d open streams", len(self))
+        gevent.killall([connection.greenlet for connection in self], timeout=timeout)
+
+
 class Connection:
     """Whole messages from an accepted WebSocket, and how the connection ended.
 
@@ -143,6 +152,7 @@ class Connection:
 
     def __init__(self, ws, max_message_bytes=MAX_MESSAGE_BYTES):
         self.ws = ws
+        self.greenlet = gevent.getcurrent()  # the one serving it, for OpenConnections.end_all
         self.max_message_bytes = max_message_bytes
         self._read_some = ws.handler.rfile.read1  # what has arrived, without waiting for more
         self._buffer = b""

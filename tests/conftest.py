@@ -15,20 +15,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
-    """`python app.py` in a child process, its console captured to a file."""
+    """`python app.py` (or `command`) in a child process, its console captured to a file."""
 
-    def __init__(self, log_path, **environ):
+    def __init__(
+        self, log_path, command=("app.py",), listening=r"listening on [\d.]+:(\d+)", **environ
+    ):
         self.log_path = log_path
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "LOG_LEVEL": "INFO", **environ}
         with open(log_path, "wb") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "app.py"],
+                [sys.executable, *command],
                 cwd=REPO,
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        listening = self.wait_for(r"listening on [\d.]+:(\d+)")
+        listening = self.wait_for(listening)
         self.port = int(listening.group(1))
         self.url = f"ws://127.0.0.1:{self.port}"
 

@@ -1,0 +1,81 @@
+"""Production: gunicorn with two workers of gevent-websocket's worker class (ours)."""
+
+import re
+import signal
+import threading
+import time
+
+import pytest
+import websocket
+from conftest import ServerProcess
+
+from mediastream.simulator import TwilioCall
+
+GUNICORN = ("-m", "gunicorn", "--workers", "2", "app:create_app()")
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    running = ServerProcess(
+        tmp_path / "console.log", command=GUNICORN, listening=r"Listening at: http://[\d.]+:(\d+)"
+    )
+    # Each worker has loaded the app when it says so (about the missing auth token).
+    running.wait_for(r"(?s)TWILIO_AUTH_TOKEN is not set.*TWILIO_AUTH_TOKEN is not set")
+    yield running
+    running.stop()
+    assert "Traceback" not in running.log()
+
+
+def open_call(server, media=5):
+    call = TwilioCall(tracks=("inbound", "outbound"))
+    ws = server.connect()
+    ws.send(call.connected())
+    ws.send(call.start())
+    for _ in range(media):
+        for track in call.tracks:
+            ws.send(call.media(track))
+    return call, ws
+
+
+def test_two_workers_stream_and_summarise_every_call(gunicorn):
+    calls = []
+
+    def stream():
+        call, ws = open_call(gunicorn, media=50)
+        ws.send(call.stop())
+        ws.close()
+        calls.append(call)
+
+    threads = [threading.Thread(target=stream) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 8
+    for call in calls:
+        summary = gunicorn.summary(call)
+        assert "ended by stop" in summary
+        assert "inbound 50 messages, 8000 bytes" in summary
+        assert "outbound 50 messages, 8000 bytes" in summary
+    workers = set(re.findall(r"Booting worker with pid: (\d+)", gunicorn.log()))
+    assert len(workers) == 2
+
+
+def test_handshakes_are_checked_under_gunicorn_too(gunicorn):
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        gunicorn.connect("/elsewhere")
+    assert refused.value.status_code == 404
+
+
+def test_sigterm_to_gunicorn_summarises_every_open_stream(gunicorn):
+    open_calls = [open_call(gunicorn) for _ in range(6)]
+    for call, _ in open_calls:
+        gunicorn.wait_for(rf"\[{call.tag}\] start:")
+    time.sleep(0.3)  # the media sent after start is read
+    started = time.monotonic()
+    assert gunicorn.stop(signal.SIGTERM, timeout=20) == 0
+    assert time.monotonic() - started < 10
+    for call, _ in open_calls:
+        summary = gunicorn.summary(call, timeout=0)
+        assert "ended by server shutdown" in summary
+        assert "inbound 5 messages" in summary
