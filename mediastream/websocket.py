@@ -5,11 +5,13 @@
 - gevent-websocket accepts any handshake before the app sees it; MediaStreamHandler
   refuses a handshake to a path with no WebSocket route (404), or one that fails the
   app's check (403, the signature), before accepting it.
-- Connection reads the frames of an accepted WebSocket itself: it refuses a message over
-  the size limit from its header, before reading or allocating it (gevent-websocket reads
-  whatever length a header announces), knows how the connection ended, reports each
-  protocol error in words, and sends close codes (gevent-websocket's close() never sends
-  the code it is given).
+- Connection reads the frames of an accepted WebSocket itself: 64 KiB of the socket at a
+  time, with Twilio's small text frames taken straight from that buffer and unmasked in C
+  (gevent-websocket does several reads per frame and unmasks byte by byte in Python); it
+  refuses a message over the size limit from its header, before reading or allocating it
+  (gevent-websocket reads whatever length a header announces), knows how the connection
+  ended, reports each protocol error in words, and sends close codes (gevent-websocket's
+  close() never sends the code it is given).
 """
 
 import logging
