@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from mediastream.simulator import Plan, mulaw_chunks, read_wav, run, test_signal
+from mediastream.simulator import Plan, mulaw_chunks, read_wav, run, tone
 
 TRACKS = {"inbound": ("inbound",), "outbound": ("outbound",), "both": ("inbound", "outbound")}
 TONES = {"inbound": 440.0, "outbound": 660.0}  # the built-in signal: a tone per track
@@ -90,7 +90,7 @@ def plan_from(arguments):
         chunks = dict.fromkeys(tracks, mulaw_chunks(pcm, seconds))
     else:
         seconds = arguments.seconds or 10.0
-        chunks = {track: mulaw_chunks(test_signal(1.0, TONES[track]), seconds) for track in tracks}
+        chunks = {track: mulaw_chunks(tone(1.0, TONES[track]), seconds) for track in tracks}
     return Plan(
         url=arguments.url,
         tracks=tracks,

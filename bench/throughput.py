@@ -31,7 +31,7 @@ from mediastream.simulator import (  # noqa: E402
     encode_frame,
     mulaw_chunks,
     play_call,
-    test_signal,
+    tone,
 )
 from mediastream.websocket import OPCODE_CLOSE  # noqa: E402
 
@@ -93,7 +93,7 @@ class Server:
 
 def build_calls(calls, messages):
     """Each call's whole conversation as bytes: connected, start, media..., stop, close."""
-    audio = mulaw_chunks(test_signal(1.0), messages * 0.02)
+    audio = mulaw_chunks(tone(1.0), messages * 0.02)
     conversations = []
     for _ in range(calls):
         call = TwilioCall()
@@ -158,7 +158,7 @@ def realtime(arguments):
     server = Server("ours")
     plan = Plan(
         url=server.url,
-        chunks={"inbound": mulaw_chunks(test_signal(1.0), arguments.seconds)},
+        chunks={"inbound": mulaw_chunks(tone(1.0), arguments.seconds)},
     )
     try:
         idle_kib = server.rss_kib()

@@ -122,7 +122,7 @@ def encode_frame(payload=b"", opcode=OPCODE_TEXT, fin=True, mask=None, length=No
 # Audio -----------------------------------------------------------------------------
 
 
-def test_signal(seconds, frequency=440.0):
+def tone(seconds, frequency=440.0):
     """A tone, as 16-bit PCM at 8000 Hz: the built-in audio."""
     count = round(seconds * 8000)
     return struct.pack(

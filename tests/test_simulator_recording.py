@@ -195,7 +195,7 @@ def test_simulator_options_reach_the_server(server):
     assert status == 0, report
     start = server.wait_for(r"\[(\w{8})\] start: .*parameters: caller=Alice, topic=a=b")
     tag = start.group(1)
-    summary = server.summary(type("Call", (), {"tag": tag}))
+    summary = server.wait_for(rf"\[{tag}\] summary: .*").group(0)
     assert "inbound 25 messages" in summary and "outbound 25 messages" in summary
     assert [line.split("] ")[1] for line in server.lines(f"[{tag}] dtmf")] == [
         "dtmf: digit 9 (inbound_track)",
