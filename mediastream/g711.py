@@ -4,6 +4,7 @@ Pure Python with lookup tables, because audioop (which did this in C) left the
 standard library in Python 3.13.
 """
 
+import functools
 import struct
 
 BIAS = 0x84
@@ -30,15 +31,20 @@ def _decode_byte(byte):
     return BIAS - magnitude if byte & 0x80 else magnitude - BIAS
 
 
-# Every 16-bit sample's code, and every code's sample as 2 little-endian bytes.
-_ENCODE = bytes(_encode_sample(sample) for sample in range(-32768, 32768))
+# Every code's sample as 2 little-endian bytes (the server decodes every chunk it records).
 _DECODE = [struct.pack("<h", _decode_byte(byte)) for byte in range(256)]
+
+
+@functools.cache
+def _encode_table():
+    """Every 16-bit sample's code; built on first use: only the simulator encodes."""
+    return bytes(_encode_sample(sample) for sample in range(-32768, 32768))
 
 
 def encode(pcm):
     """16-bit little-endian PCM bytes -> mu-law bytes."""
-    samples = memoryview(pcm).cast("h")
-    return bytes(_ENCODE[sample + 32768] for sample in samples)
+    table = _encode_table()
+    return bytes(table[sample + 32768] for sample in memoryview(pcm).cast("h"))
 
 
 def decode(ulaw):
