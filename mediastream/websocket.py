@@ -98,14 +98,33 @@ class SocketMiddleware(flask_sockets.SocketMiddleware):
 
 
 class MediaStreamHandler(WebSocketHandler):
-    """gevent-websocket's handler, refusing handshakes the app would not serve."""
+    """gevent-websocket's handler, refusing handshakes the app would not serve, and
+    connections that never finish their handshake (START_TIMEOUT applies to it too)."""
+
+    def handle(self):
+        self.socket.settimeout(self.server.application.config["MEDIASTREAM"].start_timeout)
+        super().handle()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        except TimeoutError:
+            raise ValueError("request headers not received in time") from None  # a 400
+
+    def log_error(self, msg, *args):
+        # gevent's reports of bad HTTP requests, as one console line like ours.
+        peer = ":".join(str(part) for part in self.client_address[:2])
+        log.warning("[%s] bad HTTP request: %s", peer, msg % args if args else msg)
 
     def upgrade_websocket(self):
         if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
             refusal = self.application.extensions["sockets"].handshake_refusal(self.environ)
             if refusal:
                 return self._refuse(*refusal)
-        return super().upgrade_websocket()
+        refusal = super().upgrade_websocket()
+        if refusal is None and self.environ.get("wsgi.websocket"):
+            self.socket.settimeout(None)  # accepted: the stream's own deadline takes over
+        return refusal
 
     def _refuse(self, status, reason):
         log.warning(

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -244,3 +245,18 @@ def test_bad_security_settings_stop_the_server_with_a_clear_message(name, value,
     assert result.returncode != 0
     assert f"configuration error: {message}" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_connection_that_never_finishes_its_handshake_is_closed(guarded):
+    silent = socket.create_connection(("127.0.0.1", guarded.port))
+    slow = socket.create_connection(("127.0.0.1", guarded.port))
+    slow.sendall(b"GET /media HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    started = time.monotonic()
+    silent.settimeout(10)
+    slow.settimeout(10)
+    assert silent.recv(1024) == b""  # closed by the server
+    assert slow.recv(1024).startswith(b"HTTP/1.1 400")
+    assert time.monotonic() - started < 5
+    port = slow.getsockname()[1]
+    guarded.wait_for(rf"WARNING \[127.0.0.1:{port}\] bad HTTP request: .*not received in time")
+    assert "Traceback" not in guarded.log()
