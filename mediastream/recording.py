@@ -11,6 +11,7 @@ import wave
 from pathlib import Path
 
 from mediastream import g711
+from mediastream.stream import Numbering
 
 SAMPLE_RATE = 8000
 SAMPLES_PER_CHUNK = 160  # 20 ms
@@ -71,15 +72,13 @@ class TrackFile:
         self.wav.setnchannels(1)
         self.wav.setsampwidth(2)
         self.wav.setframerate(SAMPLE_RATE)
-        self.last_chunk = 0
+        self.chunks = Numbering()
 
     def write(self, chunk, pcm):
-        if chunk is not None:
-            if chunk <= self.last_chunk:
-                return  # late or repeated: its place is already written
-            for _ in range(min(chunk - self.last_chunk - 1, MAX_GAP_CHUNKS)):
-                self.wav.writeframesraw(SILENT_CHUNK)
-            self.last_chunk = chunk
+        if chunk is not None and chunk <= self.chunks.last:
+            return  # late or repeated: its place is already written
+        for _ in range(min(len(self.chunks.advance(chunk)), MAX_GAP_CHUNKS)):
+            self.wav.writeframesraw(SILENT_CHUNK)
         self.wav.writeframesraw(pcm)
 
     def close(self):
