@@ -3,7 +3,8 @@
 Twilio's tutorial server, grown up: run `python app.py`, expose port 5000 with
 `ngrok http 5000`, point a TwiML <Stream url="wss://<ngrok host>/media"/> at it, call
 your number and watch the console. Each call's stream arrives on /media as JSON text
-messages: connected, start, media (base64 mu-law audio), dtmf, mark and stop.
+messages: connected, start, media (base64 mu-law audio), dtmf, mark and stop. Each event
+goes to the stream's handlers: the console, the recording, speech activity, and yours.
 """
 
 import signal
@@ -12,9 +13,11 @@ import sys
 import gevent
 from flask import Flask
 from gevent import pywsgi
+from gevent.event import Event
 
-from mediastream import console
 from mediastream.config import Config, ConfigError
+from mediastream.console import Console, configure_logging, log
+from mediastream.handlers import StreamHandlers, enabled
 from mediastream.messages import (
     BadMessage,
     Connected,
@@ -27,6 +30,7 @@ from mediastream.messages import (
 )
 from mediastream.recording import Recording
 from mediastream.security import signature_check
+from mediastream.speech import SpeechActivity
 from mediastream.stream import NOTHING_MISSING, MediaStream
 from mediastream.websocket import (
     Connection,
@@ -36,80 +40,75 @@ from mediastream.websocket import (
     client_address,
 )
 
+# What every stream gets: the console (first, so its summary comes last), WAV files when
+# RECORDINGS_DIR is set, and who is speaking unless SPEECH_ACTIVITY=off. Add your own
+# handlers after these (see mediastream/handlers.py and the README's "Build on it").
+DEFAULT_HANDLERS = (Console, Recording, SpeechActivity)
 
-def create_app(config=None):
-    """The Flask app with its /media WebSocket route (Flask's factory convention)."""
+
+def create_app(config=None, handlers=DEFAULT_HANDLERS):
+    """The Flask app with its /media WebSocket route (Flask's factory convention).
+
+    `handlers`: Handler classes (or callables taking the Config and returning a Handler),
+    each made once per stream to receive its events."""
     app = Flask(__name__)
     app.config["MEDIASTREAM"] = config = config or Config.from_environ()
     app.extensions["connections"] = connections = OpenConnections()
     sockets = Sockets(app, check=signature_check(config))
+    factories = enabled(handlers, config)
 
     @sockets.route("/media")
     def media(ws):
-        """One Media Stream: read its messages until the connection ends."""
+        """One Media Stream: read its messages until the connection ends, then end it."""
         stream = MediaStream(client_address(ws.environ))
-        connection = Connection(ws, config.max_message_bytes)
-        recording = Recording(config.recordings_dir)
-        connections.add(connection)
-        console.connection_opened(stream)
-        # A connection that never says which stream it is would only hold a socket open.
-        start_deadline = connection.deadline(config.start_timeout, "no start message")
-        try:
+        stream_handlers = StreamHandlers(stream, factories, config)
+        with Connection(ws, stream.log, config.max_message_bytes) as connection:
+            connections.add(connection)
+            # A connection that never says which stream it is would only hold a socket open.
+            start_deadline = connection.deadline(config.start_timeout, "no start message")
             for message in connection.messages():
-                receive(stream, recording, message)
+                receive(stream, stream_handlers, message)
                 if stream.stream_sid:
                     start_deadline.cancel()
-        finally:
-            start_deadline.cancel()
-            connections.discard(connection)
-            if connection.problem:
-                console.connection_problem(stream, connection.problem)
-            console.summary(
-                stream, "stop" if stream.stopped else connection.ended_by, recording.close()
-            )
+        stream_handlers.end("stop" if stream.stopped else connection.ended_by)
+        connections.discard(connection)
 
     return app
 
 
-def receive(stream, recording, message):
-    """Decode one message from Twilio and act on its event."""
+def receive(stream, handlers, message):
+    """Decode one message from Twilio, note it in the stream's state, pass it to the handlers."""
     if not isinstance(message, str):
         stream.bad_messages += 1
-        console.bad_message(stream, f"binary frame of {len(message)} bytes")
+        handlers.bad_message(f"binary frame of {len(message)} bytes")
         return
     try:
         event = parse_message(message)
     except BadMessage as problem:
         stream.bad_messages += 1
-        console.bad_message(stream, problem)
+        handlers.bad_message(problem)
         return
     # Twilio numbers every message and each track's chunks: a hole is a lost message.
     lost_messages = stream.check_sequence(event.sequence)
     lost_chunks = stream.add_media(event) if isinstance(event, Media) else NOTHING_MISSING
     if lost_messages or lost_chunks:
-        console.gap(stream, event, lost_messages, lost_chunks)
+        handlers.gap(event, lost_messages, lost_chunks)
 
-    if isinstance(event, Media):
-        # event.audio holds the decoded mu-law bytes: hand them to your transcriber here.
-        console.media(stream, event)
-        problem = recording.add(event)
-        if problem:
-            console.recording_failed(stream, problem)
-        if stream.progress_due():
-            console.progress(stream)
-    elif isinstance(event, Connected):
-        console.connected(stream, event)
-    elif isinstance(event, Start):
-        stream.start(event)
-        recording.start(event.stream_sid)
-        console.started(stream, event)
-    elif isinstance(event, Dtmf):
-        console.dtmf(stream, event)
-    elif isinstance(event, Mark):
-        console.mark(stream, event)
-    elif isinstance(event, Stop):
-        stream.stopped = True
-        console.stopped(stream, event)
+    match event:
+        case Media():  # 20 ms of one track: event.audio (mu-law), event.pcm (16-bit PCM)
+            handlers.media(event)
+        case Connected():
+            handlers.connected(event)
+        case Start():
+            stream.start(event)
+            handlers.start(event)
+        case Dtmf():
+            handlers.dtmf(event)
+        case Mark():
+            handlers.mark(event)
+        case Stop():
+            stream.stopped = True
+            handlers.stop(event)
 
 
 def serve(app):
@@ -121,23 +120,32 @@ def serve(app):
         handler_class=MediaStreamHandler,
         log=None,
     )
+    finished = Event()
 
     def shut_down():
         server.close()  # accept no more calls
         app.extensions["connections"].end_all()
         server.stop(timeout=1)
+        finished.set()
 
     gevent.signal_handler(signal.SIGTERM, shut_down)
     gevent.signal_handler(signal.SIGINT, shut_down)
     server.start()
-    console.log.info("listening on %s:%d, WebSocket route /media", config.host, server.server_port)
-    server.serve_forever()
+    log.info("listening on %s:%d, WebSocket route /media", config.host, server.server_port)
+    # Not serve_forever(): it returns as soon as the listener closes, before the streams
+    # have ended and written their summaries.
+    finished.wait()
 
 
-if __name__ == "__main__":
+def main(handlers=DEFAULT_HANDLERS):
+    """`python app.py`: settings from the environment, logs to the console, serve."""
     try:
         config = Config.from_environ()
     except ConfigError as problem:
         sys.exit(f"configuration error: {problem}")
-    console.configure_logging(config.log_level)
-    serve(create_app(config))
+    configure_logging(config.log_level)
+    serve(create_app(config, handlers))
+
+
+if __name__ == "__main__":
+    main()

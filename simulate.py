@@ -3,6 +3,7 @@
 python simulate.py                          one 10 s call into ws://127.0.0.1:5000/media
 python simulate.py --calls 20 --tracks both --dtmf 42 --mark greeting
 python simulate.py --wav hello.wav          a recording (8000 Hz mono 16-bit PCM WAV)
+python simulate.py --tracks both --wav inbound=caller.wav --wav outbound=agent.wav
 python simulate.py --fast --calls 100       flat out, for load tests
 """
 
@@ -34,7 +35,12 @@ def parse_arguments(argv):
         "--seconds", type=float, help="length of each call (default: 10, or the WAV's length)"
     )
     parser.add_argument(
-        "--wav", help="play this WAV file (8000 Hz mono 16-bit PCM) instead of a tone"
+        "--wav",
+        action="append",
+        default=[],
+        metavar="[TRACK=]FILE",
+        help="play this WAV file (8000 Hz mono 16-bit PCM) instead of a tone, on every "
+        "track or on TRACK (repeatable)",
     )
     parser.add_argument("--fast", action="store_true", help="send flat out instead of in real time")
     parser.add_argument(
@@ -84,13 +90,19 @@ def parse_arguments(argv):
 def plan_from(arguments):
     """What each call plays, from the command line; ValueError for an unusable WAV."""
     tracks = TRACKS[arguments.tracks]
-    if arguments.wav:
-        pcm = read_wav(arguments.wav)
-        seconds = arguments.seconds or max(len(pcm) / 16000, 0.02)
-        chunks = dict.fromkeys(tracks, mulaw_chunks(pcm, seconds))
-    else:
-        seconds = arguments.seconds or 10.0
-        chunks = {track: mulaw_chunks(tone(1.0, TONES[track]), seconds) for track in tracks}
+    recordings = {}  # track -> its WAV's samples
+    for choice in arguments.wav:
+        track, _, path = choice.partition("=")
+        if track not in TRACKS["both"]:  # a file alone: every track plays it
+            track, path = None, choice
+        pcm = read_wav(path)
+        recordings.update({track: pcm} if track else dict.fromkeys(tracks, pcm))
+    longest = max((len(pcm) / 16000 for pcm in recordings.values()), default=10.0)
+    seconds = arguments.seconds or max(longest, 0.02)
+    chunks = {
+        track: mulaw_chunks(recordings.get(track) or tone(1.0, TONES[track]), seconds)
+        for track in tracks
+    }
     return Plan(
         url=arguments.url,
         tracks=tracks,

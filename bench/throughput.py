@@ -1,6 +1,7 @@
 """How many Media Streams messages a second each server consumes, side by side.
 
-    python bench/throughput.py                      flat out: ours, the tutorial, websockets
+    python bench/throughput.py                      flat out: ours (speech activity on and
+                                                    off), the tutorial, websockets
     python bench/throughput.py --mode realtime      paced calls: ours' CPU and memory per call
 
 Flat out: every server gets the same load, N concurrent calls x M media messages, built
@@ -36,10 +37,11 @@ from mediastream.simulator import (  # noqa: E402
 from mediastream.websocket import OPCODE_CLOSE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SERVERS = {
-    "ours": [sys.executable, "app.py"],
-    "tutorial": [sys.executable, "bench/tutorial_app.py"],
-    "websockets": [sys.executable, "bench/websockets_app.py"],
+SERVERS = {  # name -> command, and its environment on top of ours
+    "ours": ([sys.executable, "app.py"], {}),
+    "ours-no-speech": ([sys.executable, "app.py"], {"SPEECH_ACTIVITY": "off"}),
+    "tutorial": ([sys.executable, "bench/tutorial_app.py"], {}),
+    "websockets": ([sys.executable, "bench/websockets_app.py"], {}),
 }
 
 
@@ -56,9 +58,10 @@ class Server:
         self.name = name
         self.port = free_port()
         self.console = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log")
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **environ}
+        command, settings = SERVERS[name]
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **settings, **environ}
         self.process = subprocess.Popen(
-            SERVERS[name], cwd=REPO, env=env, stdout=self.console, stderr=subprocess.STDOUT
+            command, cwd=REPO, env=env, stdout=self.console, stderr=subprocess.STDOUT
         )
         self.url = f"ws://127.0.0.1:{self.port}/media"
         self._wait_until_listening()
@@ -133,7 +136,7 @@ def flat_out(arguments):
             for server in servers:
                 rate = flat_out_round(server, conversations, total)
                 rates[server.name].append(rate)
-                print(f"round {round_number}: {server.name:<10} {rate:>9,.0f} messages/s")
+                print(f"round {round_number}: {server.name:<14} {rate:>9,.0f} messages/s")
     finally:
         for server in servers:
             server.stop()
@@ -144,7 +147,7 @@ def flat_out(arguments):
     )
     best = {name: max(values) for name, values in rates.items()}
     for name, values in rates.items():
-        print(f"  {name:<10} {best[name]:>9,.0f}  ({statistics.median(values):,.0f})")
+        print(f"  {name:<14} {best[name]:>9,.0f}  ({statistics.median(values):,.0f})")
     if "tutorial" in best:
         for name in best:
             if name != "tutorial":

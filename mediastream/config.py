@@ -20,6 +20,7 @@ class Config:
     max_message_bytes: int = 64 * 1024
     start_timeout: float = 10.0
     recordings_dir: str | None = None
+    speech_activity: bool = True
 
     @classmethod
     def from_environ(cls, environ=None):
@@ -38,6 +39,7 @@ class Config:
                 environ.get("START_TIMEOUT"), "START_TIMEOUT", float, cls.start_timeout
             ),
             recordings_dir=environ.get("RECORDINGS_DIR") or None,
+            speech_activity=_on_off(environ.get("SPEECH_ACTIVITY"), "SPEECH_ACTIVITY", True),
         )
 
 
@@ -81,3 +83,11 @@ def _positive(text, name, kind, default):
     if not value > 0:
         raise ConfigError(f"{name} must be a positive number, not {text!r}")
     return value
+
+
+def _on_off(text, name, default):
+    if not text:
+        return default
+    if text.lower() not in ("on", "off"):
+        raise ConfigError(f"{name} must be on or off, not {text!r}")
+    return text.lower() == "on"

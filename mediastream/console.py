@@ -1,16 +1,18 @@
 """How a stream looks on the console: one short line per event, the stream named in each.
 
 Lines start with [name]: the last 8 characters of the streamSid, or the client's address
-until the start message arrives. Media gets no line of its own at INFO (50 a second per
-track would flood the console), only a progress line every few seconds; DEBUG shows each.
+until the start message arrives (stream.log adds it). Media gets no line of its own at
+INFO (50 a second per track would flood the console), only a progress line every few
+seconds, with who is speaking when speech activity is on; DEBUG shows each message.
 """
 
 import logging
 import sys
 
-log = logging.getLogger("mediastream")
+from mediastream import g711
+from mediastream.handlers import Handler
 
-CHUNK_MS = 20  # Twilio sends 20 ms of audio per media message
+log = logging.getLogger("mediastream")
 
 
 def configure_logging(level):
@@ -24,103 +26,100 @@ def configure_logging(level):
     logging.getLogger("geventwebsocket").setLevel(logging.WARNING)
 
 
-def connection_opened(stream):
-    log.info("[%s] connection opened", stream.name)
+class Console(Handler):
+    """The first handler: each event of the stream as a line, and its summary at the end."""
 
+    may_block = False
 
-def connected(stream, event):
-    log.info("[%s] connected: protocol %s %s", stream.name, event.protocol, event.version)
+    def __init__(self, config):
+        super().__init__(config)
+        # A line per media message only at DEBUG: decided once, not 50 times a second.
+        self._each_chunk = log.isEnabledFor(logging.DEBUG)
 
+    def connected(self, stream, event):
+        stream.log.info("connected: protocol %s %s", event.protocol, event.version)
 
-def started(stream, event):
-    parameters = ", ".join(f"{k}={v}" for k, v in event.custom_parameters.items())
-    log.info(
-        "[%s] start: stream %s, call %s, account %s, tracks %s, %s %d Hz %d ch, parameters: %s",
-        stream.name,
-        event.stream_sid,
-        event.call_sid,
-        event.account_sid,
-        "+".join(event.tracks) or "none",
-        event.encoding,
-        event.sample_rate,
-        event.channels,
-        parameters or "none",
-    )
+    def start(self, stream, event):
+        parameters = ", ".join(f"{k}={v}" for k, v in event.custom_parameters.items())
+        stream.log.info(
+            "start: stream %s, call %s, account %s, tracks %s, %s %d Hz %d ch, parameters: %s",
+            event.stream_sid,
+            event.call_sid,
+            event.account_sid,
+            "+".join(event.tracks) or "none",
+            event.encoding,
+            event.sample_rate,
+            event.channels,
+            parameters or "none",
+        )
 
+    def media(self, stream, chunk):
+        if self._each_chunk:
+            stream.log.debug(
+                "media: %s chunk %s, timestamp %s ms, %d bytes",
+                chunk.track,
+                chunk.chunk,
+                chunk.timestamp,
+                len(chunk.audio),
+            )
+        if stream.progress_due():
+            stream.log.info("media: %s", _audio_per_track(stream))
 
-def media(stream, event):
-    log.debug(
-        "[%s] media: %s chunk %s, timestamp %s ms, %d bytes",
-        stream.name,
-        event.track,
-        event.chunk,
-        event.timestamp,
-        len(event.audio),
-    )
+    def gap(self, stream, event, lost_messages, lost_chunks):
+        """One warning per hole in the numbering: messages Twilio sent that never arrived."""
+        holes = []
+        if lost_chunks:
+            holes.append(f"{event.track} {_numbers('chunk', lost_chunks)}")
+        if lost_messages:
+            holes.append(_numbers("sequence number", lost_messages))
+        losses = [_count(max(len(lost_chunks), len(lost_messages)), "message")]
+        if lost_chunks:
+            losses.append(f"{len(lost_chunks) * g711.CHUNK_MS} ms of audio")
+        stream.log.warning("gap: %s missing (%s lost)", ", ".join(holes), ", ".join(losses))
 
+    def dtmf(self, stream, event):
+        stream.log.info("dtmf: digit %s (%s)", event.digit, event.track)
 
-def progress(stream):
-    log.info("[%s] media: %s", stream.name, _audio_per_track(stream))
+    def mark(self, stream, event):
+        stream.log.info("mark: %s", event.name)
 
+    def stop(self, stream, event):
+        stream.log.info("stop: call %s", event.call_sid or stream.call_sid)
 
-def gap(stream, event, lost_messages, lost_chunks):
-    """One warning per hole in the numbering: messages Twilio sent that never arrived."""
-    holes = []
-    if lost_chunks:
-        holes.append(f"{event.track} {_numbers('chunk', lost_chunks)}")
-    if lost_messages:
-        holes.append(_numbers("sequence number", lost_messages))
-    losses = [_count(max(len(lost_chunks), len(lost_messages)), "message")]
-    if lost_chunks:
-        losses.append(f"{len(lost_chunks) * CHUNK_MS} ms of audio")
-    log.warning("[%s] gap: %s missing (%s lost)", stream.name, ", ".join(holes), ", ".join(losses))
+    def bad_message(self, stream, problem):
+        stream.log.warning("bad message ignored: %s", problem)
 
-
-def dtmf(stream, event):
-    log.info("[%s] dtmf: digit %s (%s)", stream.name, event.digit, event.track)
-
-
-def mark(stream, event):
-    log.info("[%s] mark: %s", stream.name, event.name)
-
-
-def stopped(stream, event):
-    log.info("[%s] stop: call %s", stream.name, event.call_sid or stream.call_sid)
-
-
-def bad_message(stream, problem):
-    log.warning("[%s] bad message ignored: %s", stream.name, problem)
-
-
-def connection_problem(stream, problem):
-    log.warning("[%s] connection problem: %s", stream.name, problem)
-
-
-def recording_failed(stream, problem):
-    log.error("[%s] %s", stream.name, problem)
-
-
-def summary(stream, ended_by, recorded=()):
-    """The one line every stream ends with, however it ended."""
-    log.info(
-        "[%s] summary: stream %s, ended by %s after %.1f s; %s; gaps: %s, %s; bad messages: %d%s",
-        stream.name,
-        stream.stream_sid or "never started",
-        ended_by,
-        stream.duration(),
-        _media_per_track(stream),
-        _count(stream.missing_chunks, "missing chunk"),
-        _count(stream.missing_sequence_numbers, "missing sequence number"),
-        stream.bad_messages,
-        f"; recorded {', '.join(str(path) for path in recorded)}" if recorded else "",
-    )
+    def end(self, stream, ended_by):
+        """The one line every stream ends with, however it ended."""
+        problems = "; ".join(f"{name} {what}" for name, what in stream.handler_problems.items())
+        stream.log.info(
+            "summary: stream %s, ended by %s after %.1f s; %s; gaps: %s, %s; bad messages: %d%s",
+            stream.stream_sid or "never started",
+            ended_by,
+            stream.duration(),
+            _media_per_track(stream),
+            _count(stream.missing_chunks, "missing chunk"),
+            _count(stream.missing_sequence_numbers, "missing sequence number"),
+            stream.bad_messages,
+            f"; handler problems: {problems}" if problems else "",
+        )
 
 
 def _audio_per_track(stream):
+    """'inbound 5.0 s, speaking, talk 3.1 s; outbound ...' (speech where it is followed)."""
     return (
-        ", ".join(f"{track} {stream.audio_seconds(track):.1f} s" for track in stream.tracks)
+        "; ".join(
+            f"{track} {stream.audio_seconds(track):.1f} s{_speech(figures.speech)}"
+            for track, figures in stream.tracks.items()
+        )
         or "no audio yet"
     )
+
+
+def _speech(speech):
+    if speech is None:
+        return ""
+    return f", {'speaking' if speech.speaking else 'silent'}, talk {speech.talk_seconds:.1f} s"
 
 
 def _media_per_track(stream):

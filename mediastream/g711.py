@@ -1,11 +1,17 @@
-"""G.711 mu-law, the audio Twilio streams: 8000 Hz, one byte a sample.
+"""G.711 mu-law, the audio Twilio streams: 8000 Hz, mono, one byte a sample, 20 ms a message.
 
-Pure Python with lookup tables, because audioop (which did this in C) left the
-standard library in Python 3.13.
+Twilio's audio constants live here, once. The codec is pure Python with lookup tables,
+because audioop (which did this in C) left the standard library in Python 3.13.
 """
 
 import functools
 import struct
+
+SAMPLE_RATE = 8000  # samples a second
+CHUNK_MS = 20  # audio per media message
+CHUNK_SECONDS = CHUNK_MS / 1000
+CHUNK_SAMPLES = SAMPLE_RATE * CHUNK_MS // 1000  # 160: also the bytes of mu-law per message
+CHUNKS_PER_SECOND = 1000 // CHUNK_MS  # 50 media messages a second per track
 
 BIAS = 0x84
 SILENCE = 0xFF  # mu-law's zero
@@ -31,8 +37,11 @@ def _decode_byte(byte):
     return BIAS - magnitude if byte & 0x80 else magnitude - BIAS
 
 
-# Every code's sample as 2 little-endian bytes (the server decodes every chunk it records).
+# Every code's sample as 2 little-endian bytes, split in a table of low bytes and one of
+# high bytes: bytes.translate() then decodes a chunk in C (the server decodes every chunk).
 _DECODE = [struct.pack("<h", _decode_byte(byte)) for byte in range(256)]
+_LOW_BYTES = bytes(sample[0] for sample in _DECODE)
+_HIGH_BYTES = bytes(sample[1] for sample in _DECODE)
 
 
 @functools.cache
@@ -49,4 +58,7 @@ def encode(pcm):
 
 def decode(ulaw):
     """mu-law bytes -> 16-bit little-endian PCM bytes."""
-    return b"".join([_DECODE[byte] for byte in ulaw])
+    pcm = bytearray(2 * len(ulaw))
+    pcm[0::2] = ulaw.translate(_LOW_BYTES)
+    pcm[1::2] = ulaw.translate(_HIGH_BYTES)
+    return bytes(pcm)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from mediastream import g711
+
 
 class BadMessage(ValueError):
     """A message that is not a Twilio Media Streams event; str() says what is wrong."""
@@ -44,7 +46,11 @@ class Start:
 
 @dataclass(slots=True)
 class Media:
-    """One chunk of audio (20 ms, 160 bytes of mu-law at 8000 Hz) of one track."""
+    """One chunk of audio (20 ms, 160 bytes of mu-law at 8000 Hz) of one track.
+
+    `audio` is the raw mu-law; `pcm` the same as 16-bit PCM, decoded once on first use
+    and shared by every handler. `chunk` is its number in the track (1, 2, ...; the stream
+    numbers one Twilio left unnumbered), so `offset` is where it starts, in samples."""
 
     stream_sid: str | None
     sequence: int | None
@@ -52,6 +58,19 @@ class Media:
     chunk: int | None
     timestamp: int | None
     audio: bytes
+    _pcm: bytes | None = None
+
+    @property
+    def pcm(self):
+        """The audio as 16-bit little-endian PCM, 8000 Hz mono."""
+        if self._pcm is None:
+            self._pcm = g711.decode(self.audio)
+        return self._pcm
+
+    @property
+    def offset(self):
+        """Where this chunk starts in its track, in samples from the start of the stream."""
+        return (self.chunk - 1) * g711.CHUNK_SAMPLES
 
 
 @dataclass(slots=True)

@@ -10,51 +10,60 @@ import re
 import wave
 from pathlib import Path
 
-from mediastream import g711
+from mediastream.g711 import CHUNK_SAMPLES, CHUNKS_PER_SECOND, SAMPLE_RATE
+from mediastream.handlers import Handler
 from mediastream.stream import Numbering
 
-SAMPLE_RATE = 8000
-SAMPLES_PER_CHUNK = 160  # 20 ms
-SILENT_CHUNK = b"\x00\x00" * SAMPLES_PER_CHUNK
-MAX_GAP_CHUNKS = 60 * 50  # fill at most a minute of silence per gap: a wild chunk number
-# from a broken client must not fill the disk
+SILENT_CHUNK = b"\x00\x00" * CHUNK_SAMPLES
+MAX_GAP_CHUNKS = 60 * CHUNKS_PER_SECOND  # fill at most a minute of silence per gap: a wild
+# chunk number from a broken client must not fill the disk
 
 
-class Recording:
-    """The WAV files of one stream; does nothing when `directory` is None."""
+class Recording(Handler):
+    """A handler: the WAV files of one stream, when RECORDINGS_DIR is set."""
 
-    def __init__(self, directory):
-        self.directory = Path(directory) if directory else None
+    may_block = False  # local disk writes: short, and no greenlet switch
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.directory = Path(config.recordings_dir)
         self.stream_sid = None
         self.tracks = {}
         self.paths = []
         self.failed = False
 
-    def start(self, stream_sid):
-        self.stream_sid = _safe_name(stream_sid)
+    @classmethod
+    def enabled(cls, config):
+        return config.recordings_dir is not None
 
-    def add(self, media):
-        """Write one media event's audio; return a problem the first time writing fails."""
-        if self.directory is None or self.stream_sid is None or self.failed:
-            return None
+    def start(self, stream, event):
+        self.stream_sid = _safe_name(event.stream_sid)
+
+    def media(self, stream, chunk):
+        """Write one chunk's audio; on a disk error, say so once and stop recording."""
+        if self.stream_sid is None or self.failed:
+            return
         try:
-            track = self.tracks.get(media.track) or self._open(media.track)
-            track.write(media.chunk, g711.decode(media.audio))
+            track = self.tracks.get(chunk.track) or self._open(chunk.track)
+            track.write(chunk.chunk, chunk.pcm)
         except OSError as error:
             self.failed = True
-            self.close()
-            return f"recording stopped, the call goes on: {error}"
-        return None
+            self._close()
+            stream.log.error("recording stopped, the call goes on: %s", error)
 
-    def close(self):
-        """Finalise every file (so each one plays); return the paths written."""
+    def end(self, stream, ended_by):
+        """Finalise every file, so that each one plays, and name them."""
+        self._close()
+        if self.paths and not self.failed:
+            stream.log.info("recorded: %s", ", ".join(str(path) for path in self.paths))
+
+    def _close(self):
         for track in self.tracks.values():
             try:
                 track.close()
             except OSError:
                 pass  # the failure was reported when it happened
         self.tracks = {}
-        return [] if self.failed else self.paths
 
     def _open(self, track_name):
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -75,7 +84,7 @@ class TrackFile:
         self.chunks = Numbering()
 
     def write(self, chunk, pcm):
-        if chunk is not None and chunk <= self.chunks.last:
+        if chunk <= self.chunks.last:
             return  # late or repeated: its place is already written
         for _ in range(min(len(self.chunks.advance(chunk)), MAX_GAP_CHUNKS)):
             self.wav.writeframesraw(SILENT_CHUNK)

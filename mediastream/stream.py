@@ -1,9 +1,14 @@
 """One stream's state and figures: tracks, chunks, gaps. Fed events; never touches a socket."""
 
+import logging
 import time
 from dataclasses import dataclass, field
 
+from mediastream import g711
+
 PROGRESS_SECONDS = 5.0
+
+log = logging.getLogger("mediastream")
 
 
 NOTHING_MISSING = range(0)
@@ -36,6 +41,18 @@ class TrackFigures:
     messages: int = 0
     audio_bytes: int = 0
     chunks: Numbering = field(default_factory=Numbering)
+    speech: object = None  # the speech-activity handler's figures for the track, when it runs
+
+
+class StreamLog(logging.LoggerAdapter):
+    """The server's logger, each line starting with the stream's name in brackets."""
+
+    def __init__(self, stream):
+        super().__init__(log)
+        self.stream = stream
+
+    def process(self, msg, kwargs):
+        return f"[{self.stream.name}] {msg}", kwargs
 
 
 class MediaStream:
@@ -45,11 +62,13 @@ class MediaStream:
         self.client = client
         self.stream_sid = None
         self.call_sid = None
-        self.sample_rate = 8000
+        self.sample_rate = g711.SAMPLE_RATE
         self.tracks = {}
         self.sequence_numbers = Numbering()
         self.bad_messages = 0
         self.stopped = False
+        self.handler_problems = {}  # handler name -> what went wrong, for the summary
+        self.log = StreamLog(self)
         self._clock = clock
         self._progress_seconds = progress_seconds
         self.opened_at = clock()
@@ -73,12 +92,16 @@ class MediaStream:
         return self.sequence_numbers.advance(sequence)
 
     def add_media(self, media):
-        """Count a media event's audio; return the range of its track's chunks that went missing."""
+        """Count a media event's audio; return the range of its track's chunks that went missing.
+
+        A chunk Twilio did not number is taken to follow the track's last one."""
         figures = self.tracks.get(media.track)
         if figures is None:
             figures = self.tracks[media.track] = TrackFigures()
         figures.messages += 1
         figures.audio_bytes += len(media.audio)
+        if media.chunk is None:
+            media.chunk = figures.chunks.last + 1
         return figures.chunks.advance(media.chunk)
 
     def progress_due(self):

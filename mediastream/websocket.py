@@ -44,6 +44,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class Sockets(flask_sockets.Sockets):
@@ -146,8 +147,10 @@ def client_address(environ):
     return f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
 
 
-class ConnectionEnded(Exception):
-    """Raised inside Connection when the connection cannot go on."""
+class ConnectionEnded(BaseException):
+    """Raised inside Connection when the connection cannot go on. A BaseException, like
+    gevent.Timeout: a deadline may strike inside a handler, and must get past its
+    `except Exception` to end the connection."""
 
     def __init__(self, ended_by, problem=None, close_code=None):
         super().__init__(problem or ended_by)
@@ -168,34 +171,52 @@ class OpenConnections(set):
 class Connection:
     """Whole messages from an accepted WebSocket, and how the connection ended.
 
-    After messages() is exhausted, `ended_by` says how the connection ended (for the
-    summary) and `problem` what went wrong, if anything did (for a warning)."""
+        with Connection(ws, stream.log) as connection:
+            for message in connection.messages():
+                ...
 
-    def __init__(self, ws, max_message_bytes=MAX_MESSAGE_BYTES):
+    However the block ends (a close frame, a protocol error, a deadline, a dropped socket,
+    the server shutting down), and wherever the greenlet was when it happened, the block
+    is left quietly: `ended_by` says how (for the summary), a problem gets one warning
+    line, and the peer gets the close code that fits."""
+
+    def __init__(self, ws, log, max_message_bytes=MAX_MESSAGE_BYTES):
         self.ws = ws
+        self.log = log
         self.greenlet = gevent.getcurrent()  # the one serving it, for OpenConnections.end_all
         self.max_message_bytes = max_message_bytes
         self._read_some = ws.handler.rfile.read1  # what has arrived, without waiting for more
         self._buffer = b""
         self._offset = 0
+        self._deadlines = []
         self.ended_by = None
-        self.problem = None
+        log.info("connection opened")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        for deadline in self._deadlines:
+            deadline.cancel()
+        if isinstance(error, ConnectionEnded):
+            self._end(error.ended_by, error.problem, error.close_code)
+        elif isinstance(error, GreenletExit):
+            self._end("server shutdown", None, CLOSE_GOING_AWAY)
+        elif isinstance(error, OSError):
+            self._end("disconnect", f"connection lost: {error}", None)
+        elif error is not None:  # a bug of ours: say so, and still end the stream properly
+            self.log.error("internal error", exc_info=(kind, error, traceback))
+            self._end("internal error", None, CLOSE_INTERNAL_ERROR)
+        return True
 
     def messages(self):
         """Yield each text message (str) or binary message (bytes) until the end."""
-        try:
-            while True:
-                yield self._read_message()
-        except ConnectionEnded as end:
-            self._end(end.ended_by, end.problem, end.close_code)
-        except GreenletExit:
-            self._end("server shutdown", None, CLOSE_GOING_AWAY)
-        except OSError as error:
-            self._end("disconnect", f"connection lost: {error}", None)
+        while True:
+            yield self._read_message()
 
     def deadline(self, seconds, what):
         """End the connection with 1008 unless the returned timer is cancelled in time."""
-        return gevent.Timeout.start_new(
+        timer = gevent.Timeout.start_new(
             seconds,
             ConnectionEnded(
                 what,
@@ -203,10 +224,13 @@ class Connection:
                 CLOSE_POLICY_VIOLATION,
             ),
         )
+        self._deadlines.append(timer)
+        return timer
 
     def _end(self, ended_by, problem, close_code):
         self.ended_by = ended_by
-        self.problem = problem
+        if problem:
+            self.log.warning("connection problem: %s", problem)
         if close_code is not None:
             self.close(close_code)
         self.ws.closed = True  # nothing more is sent; the handler closes the socket

@@ -12,20 +12,26 @@ import pytest
 import websocket
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"  # spoken audio and its truth: see make_fixtures.py
 
 
 class ServerProcess:
     """`python app.py` (or `command`) in a child process, its console captured to a file."""
 
     def __init__(
-        self, log_path, command=("app.py",), listening=r"listening on [\d.]+:(\d+)", **environ
+        self,
+        log_path,
+        command=("app.py",),
+        listening=r"listening on [\d.]+:(\d+)",
+        cwd=REPO,
+        **environ,
     ):
         self.log_path = log_path
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "LOG_LEVEL": "INFO", **environ}
         with open(log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 [sys.executable, *command],
-                cwd=REPO,
+                cwd=cwd,
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -66,6 +72,15 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         return self.process.wait(timeout)
+
+
+def play(ws, call, media_per_track=10):
+    """A call as Twilio streams it (connected, start, media on each track), without the end."""
+    ws.send(call.connected())
+    ws.send(call.start())
+    for _ in range(media_per_track):
+        for track in call.tracks:
+            ws.send(call.media(track))
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,9 @@ import urllib.request
 
 import pytest
 import websocket
-from conftest import REPO
+from conftest import FIXTURES, REPO, play
 
-from mediastream.simulator import TwilioCall, encode_frame
-
-
-def play(ws, call, media_per_track=10):
-    """A whole call as Twilio streams it, without the close."""
-    ws.send(call.connected())
-    ws.send(call.start())
-    for _ in range(media_per_track):
-        for track in call.tracks:
-            ws.send(call.media(track))
+from mediastream.simulator import TwilioCall, encode_frame, mulaw_chunks, read_wav
 
 
 def test_whole_call_with_both_tracks_dtmf_mark_and_parameters(server):
@@ -54,8 +45,9 @@ def test_whole_call_with_both_tracks_dtmf_mark_and_parameters(server):
     assert server.lines(f"[{call.tag}] dtmf: digit 7")
     assert server.lines(f"[{call.tag}] mark: greeting-done")
     assert server.lines(f"[{call.tag}] stop: call {call.call_sid}")
+    assert server.lines(f"[{call.tag}] speech: inbound talk 0.0 s (0% of 0.5 s)")
     # No line per media message at INFO; the only lines are the events above.
-    assert len(server.lines(f"[{call.tag}]")) == 5
+    assert len(server.lines(f"[{call.tag}]")) == 6
 
 
 def test_every_line_about_a_stream_names_it(server):
@@ -67,7 +59,7 @@ def test_every_line_about_a_stream_names_it(server):
     ws.close()
     server.summary(call)
     lines = server.lines(client) + server.lines(f"[{call.tag}]")
-    assert len(lines) == 5  # opened, connected, start, bad message, summary
+    assert len(lines) == 6  # opened, connected, start, bad message, speech, summary
     assert all(f"[{client}]" in line or f"[{call.tag}]" in line for line in lines)
 
 
@@ -75,15 +67,16 @@ def test_progress_line_every_few_seconds_of_a_call(server):
     call = TwilioCall()
     ws = server.connect()
     play(ws, call, media_per_track=0)
-    deadline = time.monotonic() + 5.5
-    while time.monotonic() < deadline:
-        ws.send(call.media())
-        time.sleep(0.05)
+    speech = mulaw_chunks(read_wav(FIXTURES / "call-inbound.wav"), seconds=6)
+    started = time.monotonic()
+    for n, chunk in enumerate(speech):  # in real time: the line comes every 5 s of the call
+        ws.send(call.media(audio=chunk))
+        time.sleep(max(0.0, started + (n + 1) * 0.02 - time.monotonic()))
     ws.close()
     server.summary(call)
-    progress = server.lines(f"[{call.tag}] media: inbound")
-    assert len(progress) == 1
-    assert re.search(r"media: inbound \d+\.\d s$", progress[0])
+    (progress,) = server.lines(f"[{call.tag}] media: inbound")
+    # About 5 s in: the caller spoke from 0.5 s to 2.7 s, and is silent until 6.5 s.
+    assert re.search(r"media: inbound (4\.9|5\.0) s, silent, talk 2\.2 s$", progress)
 
 
 def test_debug_level_shows_each_media_message(start_server):

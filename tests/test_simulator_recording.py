@@ -13,8 +13,10 @@ import pytest
 from conftest import REPO
 
 from mediastream import g711
-from mediastream.messages import Media
+from mediastream.config import Config
+from mediastream.messages import Media, Start
 from mediastream.recording import MAX_GAP_CHUNKS, Recording
+from mediastream.stream import MediaStream
 
 SAMPLES_PER_CHUNK = 160
 
@@ -76,9 +78,8 @@ def test_a_wav_plays_through_and_is_recorded_sample_for_sample(start_server, tmp
     expected[lost] = bytes(2 * SAMPLES_PER_CHUNK)
     assert len(recorded) == len(expected) == 50 * 2 * SAMPLES_PER_CHUNK
     assert recorded == bytes(expected)
-    summary = server.wait_for(r"summary: .*").group(0)
-    assert f"recorded {recordings / name}" in summary
-    assert "gaps: 1 missing chunk" in summary
+    assert server.wait_for(r"recorded: .*").group(0) == f"recorded: {recordings / name}"
+    assert "gaps: 1 missing chunk" in server.wait_for(r"summary: .*").group(0)
 
 
 def test_concurrent_calls_with_both_tracks_get_a_file_per_track(start_server, tmp_path):
@@ -134,7 +135,7 @@ def test_an_unwritable_directory_is_reported_once_and_the_call_goes_on(start_ser
     assert status == 0, report
     summary = server.wait_for(r"summary: .*").group(0)
     assert "inbound 50 messages" in summary and "outbound 50 messages" in summary
-    assert "recorded" not in summary
+    assert not server.lines("recorded:")
     (error,) = server.lines("ERROR")
     assert "recording stopped, the call goes on:" in error
     assert str(blocker) in error
@@ -145,11 +146,13 @@ def media(chunk, audio=b"\x00" * SAMPLES_PER_CHUNK, track="inbound"):
 
 
 def test_recording_places_each_chunk_on_the_timeline(tmp_path):
-    recording = Recording(tmp_path)
-    recording.start("MZ../../escape")
+    recording = Recording(Config(recordings_dir=str(tmp_path)))
+    stream = MediaStream("127.0.0.1:1")
+    recording.start(stream, Start("MZ../../escape", None, "CA1", "AC1", [], "", 8000, 1))
     for chunk in (1, 2, 5, 4, 6):  # 3 and 4 lost; 4 arrives late and is dropped
-        assert recording.add(media(chunk, bytes([chunk]) * SAMPLES_PER_CHUNK)) is None
-    (path,) = recording.close()
+        recording.media(stream, media(chunk, bytes([chunk]) * SAMPLES_PER_CHUNK))
+    recording.end(stream, "stop")
+    (path,) = recording.paths
     assert path.parent == tmp_path and path.name == "MZ______escape-inbound.wav"
     pcm = read_wav(path)
     chunks = [pcm[n : n + 320] for n in range(0, len(pcm), 320)]
@@ -159,20 +162,20 @@ def test_recording_places_each_chunk_on_the_timeline(tmp_path):
 
 
 def test_a_wild_chunk_number_fills_at_most_a_minute_of_silence(tmp_path):
-    recording = Recording(tmp_path)
-    recording.start("MZ1")
-    recording.add(media(1))
-    recording.add(media(10**12))
-    (path,) = recording.close()
+    recording = Recording(Config(recordings_dir=str(tmp_path)))
+    stream = MediaStream("127.0.0.1:1")
+    recording.start(stream, Start("MZ1", None, "CA1", "AC1", [], "", 8000, 1))
+    recording.media(stream, media(1))
+    recording.media(stream, media(10**12))
+    recording.end(stream, "stop")
+    (path,) = recording.paths
     with wave.open(str(path)) as wav:
         assert wav.getnframes() == (2 + MAX_GAP_CHUNKS) * SAMPLES_PER_CHUNK
 
 
-def test_without_a_directory_nothing_is_written(tmp_path):
-    recording = Recording(None)
-    recording.start("MZ1")
-    assert recording.add(media(1)) is None
-    assert recording.close() == []
+def test_without_a_directory_there_is_no_recording():
+    assert not Recording.enabled(Config())
+    assert Recording.enabled(Config(recordings_dir="recordings"))
 
 
 def test_simulator_options_reach_the_server(server):

@@ -2,6 +2,7 @@
 
 import io
 import itertools
+import logging
 import os
 import types
 
@@ -57,6 +58,15 @@ class FakeWebSocket:
         self.sent.append((opcode, payload))
 
 
+def read_all(ws, max_message_bytes):
+    """Every message a Connection reads from `ws` until it ends, as the route reads them."""
+    received = []
+    with Connection(ws, logging.getLogger("test"), max_message_bytes) as connection:
+        for message in connection.messages():
+            received.append(message)
+    return connection, received
+
+
 @pytest.mark.parametrize("sizes", [[1], [3, 7, 1], [65536]], ids=["bytewise", "uneven", "bulk"])
 def test_messages_come_out_whole_however_the_bytes_arrive(sizes):
     call = TwilioCall()
@@ -70,8 +80,7 @@ def test_messages_come_out_whole_however_the_bytes_arrive(sizes):
         encode_frame(texts[-1].encode()),  # over the limit: closes the connection
     ]
     ws = FakeWebSocket(b"".join(frames), sizes)
-    connection = Connection(ws, max_message_bytes=65536)
-    received = list(connection.messages())
+    connection, received = read_all(ws, max_message_bytes=65536)
     assert received == texts[:-1] + ["hello", b"\x00\x01"]
     assert connection.ended_by == "message too big"
     assert ws.sent[0] == (OPCODE_PONG, b"!")
@@ -80,6 +89,6 @@ def test_messages_come_out_whole_however_the_bytes_arrive(sizes):
 
 def test_a_small_limit_applies_to_short_frames_too():
     ws = FakeWebSocket(encode_frame(b"x" * 100), [65536])
-    connection = Connection(ws, max_message_bytes=99)
-    assert list(connection.messages()) == []
+    connection, received = read_all(ws, max_message_bytes=99)
+    assert received == []
     assert connection.ended_by == "message too big"

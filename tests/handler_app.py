@@ -1,0 +1,82 @@
+"""`python app.py` with test handlers after the default ones, named on the command line:
+
+python tests/handler_app.py Recorder Sleepy
+"""
+
+import sys
+from pathlib import Path
+
+import gevent
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app import DEFAULT_HANDLERS, main  # noqa: E402
+from mediastream.handlers import Handler  # noqa: E402
+
+
+class Recorder(Handler):
+    """Logs each event it gets (media only as its chunk number), to check order and end."""
+
+    def start(self, stream, event):
+        stream.log.info("Recorder: start")
+
+    def media(self, stream, chunk):
+        stream.log.info("Recorder: media %s %d", chunk.track, chunk.chunk)
+
+    def dtmf(self, stream, event):
+        stream.log.info("Recorder: dtmf %s", event.digit)
+
+    def mark(self, stream, event):
+        stream.log.info("Recorder: mark %s", event.name)
+
+    def stop(self, stream, event):
+        stream.log.info("Recorder: stop")
+
+    def end(self, stream, ended_by):
+        stream.log.info("Recorder: end, ended by %s", ended_by)
+
+
+class Sleepy(Recorder):
+    """Waits 0.4 s on every media message, as a call to a slow web service would."""
+
+    def media(self, stream, chunk):
+        gevent.sleep(0.4)
+        super().media(stream, chunk)
+
+
+class SleepyInline(Handler):
+    """Wrongly says it never blocks, then waits 0.4 s on every message."""
+
+    may_block = False
+
+    def connected(self, stream, event):
+        gevent.sleep(0.4)
+
+    def media(self, stream, chunk):
+        gevent.sleep(0.4)
+
+
+class Broken(Handler):
+    """Raises on the third chunk."""
+
+    def media(self, stream, chunk):
+        if chunk.chunk == 3:
+            raise ValueError("chunk 3 is cursed")
+
+    def end(self, stream, ended_by):
+        stream.log.info("Broken: end, ended by %s", ended_by)
+
+
+class BrokenInline(Broken):
+    """The same, running on the reading greenlet."""
+
+    may_block = False
+
+
+class Unmakeable(Handler):
+    def __init__(self, config):
+        raise RuntimeError("no")
+
+
+if __name__ == "__main__":
+    main(handlers=[*DEFAULT_HANDLERS, *(globals()[name] for name in sys.argv[1:])])
