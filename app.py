@@ -84,6 +84,7 @@ def receive(stream, handlers, message):
         return
     try:
         event = parse_message(message)
+        stream.check(event)  # one connection is one stream
     except BadMessage as problem:
         stream.bad_messages += 1
         handlers.bad_message(problem)

@@ -3,6 +3,8 @@
 Twilio sends JSON text messages, each with an "event" field: connected, start, media,
 dtmf, mark and stop (see Twilio's "Media Streams - WebSocket Messages"). Anything that
 is not one of those, well formed, raises BadMessage with a reason a person can read.
+Whatever a client sends is bounded here: numbers must fit Twilio's counters, tracks are
+the two Twilio defines, and every string is cut to a length a log line can carry.
 
 JSON is decoded with orjson: a third of the stdlib's time, and decoding JSON is the
 largest cost per message that is left once frames are read efficiently.
@@ -14,6 +16,11 @@ from dataclasses import dataclass, field
 import orjson
 
 from mediastream import g711
+
+TRACKS = ("inbound", "outbound")
+MAX_NUMBER = 2**31 - 1  # sequence numbers, chunks and timestamps (ms: 24 days) fit below
+MAX_PARAMETERS = 20
+SID_CHARS = 64  # Twilio's SIDs have 34
 
 
 class BadMessage(ValueError):
@@ -115,14 +122,14 @@ def parse_message(text):
         raise BadMessage("no 'event' field")
     parse = _PARSERS.get(event) if isinstance(event, str) else None
     if parse is None:
-        raise BadMessage(f"unknown event {str(event)[:40]!r}")
+        raise BadMessage(f"unknown event {_cut(event, 40)!r}")
     return parse(message)
 
 
 def _connected(message):
     return Connected(
-        protocol=str(message.get("protocol", "")),
-        version=str(message.get("version", "")),
+        protocol=_cut(message.get("protocol", ""), 20),
+        version=_cut(message.get("version", ""), 20),
         sequence=_sequence(message),
     )
 
@@ -140,15 +147,18 @@ def _start(message):
         raise BadMessage("start without a streamSid")
     tracks = start.get("tracks")
     return Start(
-        stream_sid=stream_sid,
+        stream_sid=_cut(stream_sid, SID_CHARS),
         sequence=_sequence(message),
-        call_sid=str(start.get("callSid", "")),
-        account_sid=str(start.get("accountSid", "")),
-        tracks=[str(track) for track in tracks] if isinstance(tracks, list) else [],
-        encoding=str(media_format.get("encoding", "audio/x-mulaw")),
+        call_sid=_cut(start.get("callSid", ""), SID_CHARS),
+        account_sid=_cut(start.get("accountSid", ""), SID_CHARS),
+        tracks=[_track(track) for track in tracks] if isinstance(tracks, list) else [],
+        encoding=_cut(media_format.get("encoding", "audio/x-mulaw"), 40),
         sample_rate=_count(media_format.get("sampleRate", 8000), "sampleRate"),
         channels=_count(media_format.get("channels", 1), "channels"),
-        custom_parameters={str(k): str(v) for k, v in parameters.items()},
+        custom_parameters={
+            _cut(name, 40): _cut(value, 100)
+            for name, value in list(parameters.items())[:MAX_PARAMETERS]
+        },
     )
 
 
@@ -164,7 +174,7 @@ def _media(message):
     return Media(
         _stream_sid(message),
         _sequence(message),
-        str(media.get("track", "inbound")),
+        _track(media.get("track", "inbound")),
         _count(media.get("chunk"), "chunk"),
         _count(media.get("timestamp"), "timestamp"),
         audio,
@@ -179,8 +189,8 @@ def _dtmf(message):
     return Dtmf(
         stream_sid=_stream_sid(message),
         sequence=_sequence(message),
-        track=str(dtmf.get("track", "inbound_track")),
-        digit=digit,
+        track=_cut(dtmf.get("track", "inbound_track"), 20),
+        digit=_cut(digit, 4),
     )
 
 
@@ -189,7 +199,7 @@ def _mark(message):
     name = mark.get("name")
     if not isinstance(name, str):
         raise BadMessage("mark without a name")
-    return Mark(stream_sid=_stream_sid(message), sequence=_sequence(message), name=name)
+    return Mark(stream_sid=_stream_sid(message), sequence=_sequence(message), name=_cut(name, 100))
 
 
 def _stop(message):
@@ -198,8 +208,8 @@ def _stop(message):
     return Stop(
         stream_sid=_stream_sid(message),
         sequence=_sequence(message),
-        call_sid=stop.get("callSid"),
-        account_sid=stop.get("accountSid"),
+        call_sid=_cut(stop["callSid"], SID_CHARS) if stop.get("callSid") else None,
+        account_sid=_cut(stop["accountSid"], SID_CHARS) if stop.get("accountSid") else None,
     )
 
 
@@ -223,7 +233,19 @@ def _section(message, name):
 
 def _stream_sid(message):
     stream_sid = message.get("streamSid")
-    return stream_sid if isinstance(stream_sid, str) else None
+    return _cut(stream_sid, SID_CHARS) if isinstance(stream_sid, str) else None
+
+
+def _track(name):
+    if name not in TRACKS:
+        raise BadMessage(f"unknown track {_cut(name, 40)!r} (Twilio's are inbound, outbound)")
+    return name
+
+
+def _cut(value, limit):
+    """A client's value as text of at most `limit` characters, for state and log lines."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _sequence(message):
@@ -239,5 +261,7 @@ def _count(value, name):
     except (TypeError, ValueError):
         number = -1
     if number < 0:
-        raise BadMessage(f"{name} is not a number: {str(value)[:40]!r}")
+        raise BadMessage(f"{name} is not a number: {_cut(value, 40)!r}")
+    if number > MAX_NUMBER:
+        raise BadMessage(f"{name} out of range: {_cut(value, 40)}")
     return number

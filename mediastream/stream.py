@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from mediastream import g711
+from mediastream.messages import BadMessage, Start
 
 PROGRESS_SECONDS = 5.0
 
@@ -79,6 +80,15 @@ class MediaStream:
         """How console lines name the stream: the streamSid's last 8 characters,
         or the client's address until the start message has said which stream it is."""
         return self.stream_sid[-8:] if self.stream_sid else self.client
+
+    def check(self, event):
+        """Raise BadMessage for an event of another stream: one connection is one stream."""
+        if self.stream_sid is None:
+            return
+        if isinstance(event, Start):
+            raise BadMessage(f"a second start (stream {event.stream_sid}) on this connection")
+        if event.stream_sid is not None and event.stream_sid != self.stream_sid:
+            raise BadMessage(f"names stream {event.stream_sid}, not this connection's")
 
     def start(self, start):
         self.stream_sid = start.stream_sid

@@ -24,6 +24,7 @@ class ServerProcess:
         command=("app.py",),
         listening=r"listening on [\d.]+:(\d+)",
         cwd=REPO,
+        preexec_fn=None,
         **environ,
     ):
         self.log_path = log_path
@@ -33,6 +34,7 @@ class ServerProcess:
                 [sys.executable, *command],
                 cwd=cwd,
                 env=env,
+                preexec_fn=preexec_fn,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

@@ -15,7 +15,7 @@ from conftest import REPO
 from mediastream import g711
 from mediastream.config import Config
 from mediastream.messages import Media, Start
-from mediastream.recording import MAX_GAP_CHUNKS, Recording
+from mediastream.recording import MAX_SILENCE_CHUNKS, Recording
 from mediastream.stream import MediaStream
 
 SAMPLES_PER_CHUNK = 160
@@ -78,7 +78,7 @@ def test_a_wav_plays_through_and_is_recorded_sample_for_sample(start_server, tmp
     expected[lost] = bytes(2 * SAMPLES_PER_CHUNK)
     assert len(recorded) == len(expected) == 50 * 2 * SAMPLES_PER_CHUNK
     assert recorded == bytes(expected)
-    assert server.wait_for(r"recorded: .*").group(0) == f"recorded: {recordings / name}"
+    assert server.wait_for(r"recorded: .*").group(0) == f"recorded: {recordings / name} (1.0 s)"
     assert "gaps: 1 missing chunk" in server.wait_for(r"summary: .*").group(0)
 
 
@@ -152,7 +152,8 @@ def test_recording_places_each_chunk_on_the_timeline(tmp_path):
     for chunk in (1, 2, 5, 4, 6):  # 3 and 4 lost; 4 arrives late and is dropped
         recording.media(stream, media(chunk, bytes([chunk]) * SAMPLES_PER_CHUNK))
     recording.end(stream, "stop")
-    (path,) = recording.paths
+    (track,) = recording.tracks.values()
+    path = track.path
     assert path.parent == tmp_path and path.name == "MZ______escape-inbound.wav"
     pcm = read_wav(path)
     chunks = [pcm[n : n + 320] for n in range(0, len(pcm), 320)]
@@ -161,16 +162,16 @@ def test_recording_places_each_chunk_on_the_timeline(tmp_path):
     assert chunks[4] == g711.decode(bytes([5]) * SAMPLES_PER_CHUNK)
 
 
-def test_a_wild_chunk_number_fills_at_most_a_minute_of_silence(tmp_path):
+def test_wild_chunk_numbers_fill_at_most_a_minute_of_silence_per_track(tmp_path):
     recording = Recording(Config(recordings_dir=str(tmp_path)))
     stream = MediaStream("127.0.0.1:1")
     recording.start(stream, Start("MZ1", None, "CA1", "AC1", [], "", 8000, 1))
-    recording.media(stream, media(1))
-    recording.media(stream, media(10**12))
+    for chunk in (1, 10**6, 2 * 10**6, 3 * 10**6):  # three jumps of 5.5 hours each
+        recording.media(stream, media(chunk))
     recording.end(stream, "stop")
-    (path,) = recording.paths
-    with wave.open(str(path)) as wav:
-        assert wav.getnframes() == (2 + MAX_GAP_CHUNKS) * SAMPLES_PER_CHUNK
+    (track,) = recording.tracks.values()
+    with wave.open(str(track.path)) as wav:
+        assert wav.getnframes() == (4 + MAX_SILENCE_CHUNKS) * SAMPLES_PER_CHUNK
 
 
 def test_without_a_directory_there_is_no_recording():
