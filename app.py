@@ -12,7 +12,6 @@ import sys
 
 import gevent
 from flask import Flask
-from gevent import pywsgi
 from gevent.event import Event
 
 from mediastream.config import Config, ConfigError
@@ -35,6 +34,7 @@ from mediastream.stream import NOTHING_MISSING, MediaStream
 from mediastream.websocket import (
     Connection,
     MediaStreamHandler,
+    MediaStreamServer,
     OpenConnections,
     Sockets,
     client_address,
@@ -62,7 +62,8 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
         """One Media Stream: read its messages until the connection ends, then end it."""
         stream = MediaStream(client_address(ws.environ))
         stream_handlers = StreamHandlers(stream, factories, config)
-        with Connection(ws, stream.log, config.max_message_bytes) as connection:
+        connection = Connection(ws, stream.log, config.max_message_bytes, config.idle_timeout)
+        with connection:
             connections.add(connection)
             # A connection that never says which stream it is would only hold a socket open.
             start_deadline = connection.deadline(config.start_timeout, "no start message")
@@ -115,7 +116,7 @@ def receive(stream, handlers, message):
 def serve(app):
     """Serve `app` with gevent until SIGTERM or SIGINT, then end every open stream."""
     config = app.config["MEDIASTREAM"]
-    server = pywsgi.WSGIServer(
+    server = MediaStreamServer(
         (config.host, config.port),
         app,
         handler_class=MediaStreamHandler,

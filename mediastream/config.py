@@ -19,6 +19,7 @@ class Config:
     public_url: str | None = None
     max_message_bytes: int = 64 * 1024
     start_timeout: float = 10.0
+    idle_timeout: float = 30.0
     recordings_dir: str | None = None
     speech_activity: bool = True
 
@@ -37,6 +38,9 @@ class Config:
             ),
             start_timeout=_positive(
                 environ.get("START_TIMEOUT"), "START_TIMEOUT", float, cls.start_timeout
+            ),
+            idle_timeout=_positive(
+                environ.get("IDLE_TIMEOUT"), "IDLE_TIMEOUT", float, cls.idle_timeout
             ),
             recordings_dir=environ.get("RECORDINGS_DIR") or None,
             speech_activity=_on_off(environ.get("SPEECH_ACTIVITY"), "SPEECH_ACTIVITY", True),

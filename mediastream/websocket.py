@@ -14,12 +14,15 @@
   close() never sends the code it is given).
 """
 
+import errno
 import logging
+import resource
 import struct
+import time
 
 import flask_sockets
 import gevent
-from gevent import GreenletExit
+from gevent import GreenletExit, pywsgi
 from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 from werkzeug.exceptions import HTTPException, NotFound
@@ -33,7 +36,11 @@ except ImportError:  # no build of wsaccel for this Python: unmask in pure Pytho
 log = logging.getLogger("mediastream")
 
 MAX_MESSAGE_BYTES = 64 * 1024
+IDLE_TIMEOUT = 30.0
 READ_SIZE = 64 * 1024
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+)
 
 OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
 OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
@@ -98,19 +105,60 @@ class SocketMiddleware(flask_sockets.SocketMiddleware):
         return []
 
 
+class MediaStreamServer(pywsgi.WSGIServer):
+    """gevent's WSGI server, saying in one line, at most once a second, when it cannot
+    accept connections for lack of file descriptors (gevent prints a traceback for each)."""
+
+    _warned_at = -1.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        hub = gevent.get_hub()  # gevent's documented way to keep an exception quiet
+        hub.NOT_ERROR = (*hub.NOT_ERROR, AcceptPaused)
+
+    def do_read(self):
+        try:
+            return super().do_read()
+        except OSError as error:
+            if error.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            if time.monotonic() - self._warned_at >= 1:
+                self._warned_at = time.monotonic()
+                limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                log.warning(
+                    "cannot accept connections: %s (the limit is %d: raise it with ulimit -n)",
+                    error.strerror,
+                    limit,
+                )
+            raise AcceptPaused from None  # gevent pauses accepting, then tries again
+
+
+class AcceptPaused(Exception):
+    """Accepting failed for lack of file descriptors (said already, not printed)."""
+
+
 class MediaStreamHandler(WebSocketHandler):
     """gevent-websocket's handler, refusing handshakes the app would not serve, and
-    connections that never finish their handshake (START_TIMEOUT applies to it too)."""
+    requests (handshakes) not received in full within START_TIMEOUT of their start,
+    however slowly a client trickles them."""
 
-    def handle(self):
-        self.socket.settimeout(self.server.application.config["MEDIASTREAM"].start_timeout)
-        super().handle()
+    def handle_one_request(self):
+        seconds = self.server.application.config["MEDIASTREAM"].start_timeout
+        self._request_deadline = gevent.Timeout.start_new(seconds)
+        try:
+            return super().handle_one_request()
+        except gevent.Timeout as timeout:
+            if timeout is not self._request_deadline:
+                raise
+            self.log_error("request not received within %g s; closed", seconds)
+            return "408", REQUEST_TIMEOUT_RESPONSE
+        finally:
+            self._request_deadline.cancel()
 
     def read_request(self, raw_requestline):
-        try:
-            return super().read_request(raw_requestline)
-        except TimeoutError:
-            raise ValueError("request headers not received in time") from None  # a 400
+        request = super().read_request(raw_requestline)
+        self._request_deadline.cancel()  # all in: the stream's own deadlines take over
+        return request
 
     def log_error(self, msg, *args):
         # gevent's reports of bad HTTP requests, as one console line like ours.
@@ -122,10 +170,7 @@ class MediaStreamHandler(WebSocketHandler):
             refusal = self.application.extensions["sockets"].handshake_refusal(self.environ)
             if refusal:
                 return self._refuse(*refusal)
-        refusal = super().upgrade_websocket()
-        if refusal is None and self.environ.get("wsgi.websocket"):
-            self.socket.settimeout(None)  # accepted: the stream's own deadline takes over
-        return refusal
+        return super().upgrade_websocket()
 
     def _refuse(self, status, reason):
         log.warning(
@@ -180,7 +225,7 @@ class Connection:
     is left quietly: `ended_by` says how (for the summary), a problem gets one warning
     line, and the peer gets the close code that fits."""
 
-    def __init__(self, ws, log, max_message_bytes=MAX_MESSAGE_BYTES):
+    def __init__(self, ws, log, max_message_bytes=MAX_MESSAGE_BYTES, idle_timeout=IDLE_TIMEOUT):
         self.ws = ws
         self.log = log
         self.greenlet = gevent.getcurrent()  # the one serving it, for OpenConnections.end_all
@@ -190,12 +235,21 @@ class Connection:
         self._offset = 0
         self._deadlines = []
         self.ended_by = None
+        # A stream that goes silent is ended: each read notes the time (the event loop's,
+        # which costs nothing), and a timer looks at it four times per idle_timeout.
+        loop = gevent.get_hub().loop
+        self._now = loop.now
+        self._heard_at = loop.now()
+        self.idle_timeout = idle_timeout
+        self._idle_check = loop.timer(idle_timeout / 4, idle_timeout / 4)
+        self._idle_check.start(self._check_idle)
         log.info("connection opened")
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, traceback):
+        self._idle_check.close()
         for deadline in self._deadlines:
             deadline.cancel()
         if isinstance(error, ConnectionEnded):
@@ -226,6 +280,19 @@ class Connection:
         )
         self._deadlines.append(timer)
         return timer
+
+    def _check_idle(self):
+        if self._now() - self._heard_at >= self.idle_timeout:
+            self._idle_check.stop()
+            self.greenlet.kill(
+                ConnectionEnded(
+                    "idle timeout",
+                    f"no message for {self.idle_timeout:g} s; closing with "
+                    f"{CLOSE_POLICY_VIOLATION}",
+                    CLOSE_POLICY_VIOLATION,
+                ),
+                block=False,
+            )
 
     def _end(self, ended_by, problem, close_code):
         self.ended_by = ended_by
@@ -331,6 +398,7 @@ class Connection:
             buffer = self._buffer[start:]
             while len(buffer) < count:
                 piece = self._read_some(max(READ_SIZE, count - len(buffer)))
+                self._heard_at = self._now()
                 if not piece:
                     break
                 buffer += piece
@@ -342,13 +410,32 @@ class Connection:
         if opcode == OPCODE_PING:
             self.ws.send_frame(payload, OPCODE_PONG)
         elif opcode == OPCODE_CLOSE:
-            if len(payload) == 1:
-                raise _protocol_error("close frame with a 1-byte payload")
-            code = struct.unpack("!H", payload[:2])[0] if payload else CLOSE_NORMAL
+            code = _close_code(payload)
             self.close(CLOSE_NORMAL)
             raise ConnectionEnded(f"client close ({code})")
         elif opcode != OPCODE_PONG:
             raise _protocol_error(f"unknown control frame opcode {opcode}")
+
+
+def _close_code(payload):
+    """The code of a client's close frame; ConnectionEnded for an invalid one (RFC 6455,
+    5.5.1 and 7.4: 1002 for a bad code, 1007 for a reason that is not UTF-8)."""
+    if not payload:
+        return CLOSE_NORMAL  # no code given
+    if len(payload) == 1:
+        raise _protocol_error("close frame with a 1-byte payload")
+    code = struct.unpack("!H", payload[:2])[0]
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise _protocol_error(f"invalid close code {code}")
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConnectionEnded(
+            "invalid text",
+            f"close reason is not valid UTF-8; closing with {CLOSE_INVALID_DATA}",
+            CLOSE_INVALID_DATA,
+        ) from None
+    return code
 
 
 def _text(payload):

@@ -12,10 +12,11 @@ its graceful timeout, and be killed by the arbiter before logging anything.)
 import gevent
 from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 
-from mediastream.websocket import MediaStreamHandler
+from mediastream.websocket import MediaStreamHandler, MediaStreamServer
 
 
 class Worker(GeventWebSocketWorker):
+    server_class = MediaStreamServer
     wsgi_handler = MediaStreamHandler
 
     def handle_exit(self, sig, frame):

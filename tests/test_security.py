@@ -252,11 +252,35 @@ def test_a_connection_that_never_finishes_its_handshake_is_closed(guarded):
     slow = socket.create_connection(("127.0.0.1", guarded.port))
     slow.sendall(b"GET /media HTTP/1.1\r\nHost: x\r\n")  # and never the rest
     started = time.monotonic()
-    silent.settimeout(10)
-    slow.settimeout(10)
-    assert silent.recv(1024) == b""  # closed by the server
-    assert slow.recv(1024).startswith(b"HTTP/1.1 400")
+    for client in (silent, slow):
+        client.settimeout(10)
+        assert client.recv(1024).startswith(b"HTTP/1.1 408 Request Timeout")
+        assert client.recv(1024) == b""  # and closed
     assert time.monotonic() - started < 5
     port = slow.getsockname()[1]
-    guarded.wait_for(rf"WARNING \[127.0.0.1:{port}\] bad HTTP request: .*not received in time")
+    guarded.wait_for(
+        rf"WARNING \[127.0.0.1:{port}\] bad HTTP request: request not received within 1 s"
+    )
     assert "Traceback" not in guarded.log()
+
+
+def test_a_handshake_trickled_a_byte_at_a_time_is_cut_at_the_deadline(guarded):
+    handshake = b"GET /media HTTP/1.1\r\nHost: x\r\n" + b"X-Padding: " + b"p" * 100
+    clients = [socket.create_connection(("127.0.0.1", guarded.port)) for _ in range(20)]
+    started = time.monotonic()
+    closed = set()
+    for byte in handshake:  # a byte every 0.1 s to each: each byte used to reset a timer
+        for n, client in enumerate(clients):
+            if n in closed:
+                continue
+            try:
+                client.sendall(bytes([byte]))
+            except OSError:
+                closed.add(n)
+        if len(closed) == len(clients) or time.monotonic() - started > 5:
+            break
+        time.sleep(0.1)
+    for client in clients:
+        client.settimeout(5)
+        assert client.recv(1024).startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 3  # START_TIMEOUT is 1 s, from the first byte

@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -226,6 +228,10 @@ def test_abrupt_disconnect_and_client_close_each_end_with_a_summary(server):
         (encode_frame(b'{"event": "x"}', mask=b""), "client frame is not masked", 1002),
         (encode_frame(b"\xff\xfe"), "text message is not valid UTF-8", 1007),
         (encode_frame(b"abc", opcode=0x3), "unknown frame opcode 3", 1002),
+        (encode_frame((999).to_bytes(2, "big"), opcode=0x8), "invalid close code 999", 1002),
+        (encode_frame((1005).to_bytes(2, "big"), opcode=0x8), "invalid close code 1005", 1002),
+        (encode_frame((5000).to_bytes(2, "big"), opcode=0x8), "invalid close code 5000", 1002),
+        (encode_frame(b"\x03\xe8\xff", opcode=0x8), "close reason is not valid UTF-8", 1007),
     ],
 )
 def test_protocol_errors_close_with_their_code_and_a_warning(server, raw, problem, code):
@@ -307,3 +313,37 @@ def test_connected_message_before_start_names_the_client(server):
     ws.close()
     server.wait_for(rf"\[{client}\] summary: stream never started")
     assert server.lines(f"[{client}] connected: protocol Call 1.0.0")
+
+
+def test_a_stream_that_goes_silent_is_ended(start_server):
+    running = start_server(IDLE_TIMEOUT="1")
+    call = TwilioCall()
+    ws = running.connect()
+    play(ws, call, media_per_track=3)  # and then nothing
+    started = time.monotonic()
+    opcode, payload = ws.recv_data(control_frame=True)
+    assert (opcode, int.from_bytes(payload[:2], "big")) == (websocket.ABNF.OPCODE_CLOSE, 1008)
+    assert 0.9 < time.monotonic() - started < 2
+    assert "ended by idle timeout" in running.summary(call)
+    assert running.lines(f"[{call.tag}] connection problem: no message for 1 s; closing with 1008")
+
+
+def test_running_out_of_file_descriptors_is_one_warning_a_second(start_server):
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    running = start_server(preexec_fn=few_files)
+    clients = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(60)]
+    started = time.monotonic()
+    time.sleep(2.5)
+    warnings = running.lines("cannot accept connections: Too many open files")
+    assert 1 <= len(warnings) <= time.monotonic() - started + 1
+    assert "(the limit is 40: raise it with ulimit -n)" in warnings[0]
+    for client in clients:
+        client.close()
+    call = TwilioCall()  # once descriptors are free again, calls get in
+    ws = running.connect()
+    play(ws, call)
+    ws.send(call.stop())
+    ws.close()
+    assert "ended by stop" in running.summary(call)
