@@ -15,7 +15,7 @@ from flask import Flask
 from gevent.event import Event
 
 from mediastream.config import Config, ConfigError
-from mediastream.console import Console, configure_logging, log
+from mediastream.console import Console, configure_logging, startup
 from mediastream.handlers import StreamHandlers, enabled
 from mediastream.messages import (
     BadMessage,
@@ -55,6 +55,8 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
     app.config["MEDIASTREAM"] = config = config or Config.from_environ()
     app.extensions["connections"] = connections = OpenConnections()
     sockets = Sockets(app, check=signature_check(config))
+    if config.recordings_dir:
+        startup.info("recording every stream's tracks to %s", config.recordings_dir)
     factories = enabled(handlers, config)
 
     @sockets.route("/media")
@@ -132,8 +134,13 @@ def serve(app):
 
     gevent.signal_handler(signal.SIGTERM, shut_down)
     gevent.signal_handler(signal.SIGINT, shut_down)
-    server.start()
-    log.info("listening on %s:%d, WebSocket route /media", config.host, server.server_port)
+    try:
+        server.start()
+    except OSError as error:  # the port is taken, or HOST is unknown or not this machine's
+        address = (config.host, config.port)
+        reason = (error.strerror or str(error)).removesuffix(f": {address}")  # gevent adds it
+        sys.exit(f"cannot listen on {config.host}:{config.port}: {reason}")
+    startup.info("listening on %s:%d, WebSocket route /media", config.host, server.server_port)
     # Not serve_forever(): it returns as soon as the listener closes, before the streams
     # have ended and written their summaries.
     finished.wait()

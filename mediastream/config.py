@@ -2,7 +2,9 @@
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -42,7 +44,7 @@ class Config:
             idle_timeout=_positive(
                 environ.get("IDLE_TIMEOUT"), "IDLE_TIMEOUT", float, cls.idle_timeout
             ),
-            recordings_dir=environ.get("RECORDINGS_DIR") or None,
+            recordings_dir=_recordings_dir(environ.get("RECORDINGS_DIR")),
             speech_activity=_on_off(environ.get("SPEECH_ACTIVITY"), "SPEECH_ACTIVITY", True),
         )
 
@@ -95,3 +97,20 @@ def _on_off(text, name, default):
     if text.lower() not in ("on", "off"):
         raise ConfigError(f"{name} must be on or off, not {text!r}")
     return text.lower() == "on"
+
+
+def _recordings_dir(text):
+    """The directory, made if missing and tried with a file: a bad one is said at startup."""
+    if not text:
+        return None
+    directory = Path(text).resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"RECORDINGS_DIR {text!r} is not a directory this server can write to "
+            f"({error.strerror})"
+        ) from None
+    return str(directory)

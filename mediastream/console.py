@@ -13,6 +13,7 @@ from mediastream import g711
 from mediastream.handlers import Handler
 
 log = logging.getLogger("mediastream")
+startup = logging.getLogger("mediastream.startup")  # said once, shown whatever LOG_LEVEL
 
 
 def configure_logging(level):
@@ -22,6 +23,7 @@ def configure_logging(level):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    startup.setLevel(logging.INFO)  # where it listens, what it records: always worth a line
     # gevent-websocket logs each HTTP request at INFO; keep only its warnings.
     logging.getLogger("geventwebsocket").setLevel(logging.WARNING)
 

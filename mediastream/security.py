@@ -12,6 +12,7 @@ from urllib.parse import quote
 from twilio.request_validator import RequestValidator
 
 log = logging.getLogger("mediastream")
+startup = logging.getLogger("mediastream.startup")
 
 
 class SignatureCheck:
@@ -62,5 +63,5 @@ def signature_check(config):
         )
         return None
     where = config.public_url or "the request's Host and X-Forwarded-* headers"
-    log.info("X-Twilio-Signature required on every handshake; signed URL from %s", where)
+    startup.info("X-Twilio-Signature required on every handshake; signed URL from %s", where)
     return SignatureCheck(config.auth_token, config.public_url).refusal

@@ -1,5 +1,6 @@
 """Production: gunicorn with two workers of gevent-websocket's worker class (ours)."""
 
+import os
 import re
 import signal
 import threading
@@ -17,7 +18,10 @@ GUNICORN = ("-m", "gunicorn", "--workers", "2", "app:create_app()")
 @pytest.fixture
 def gunicorn(tmp_path):
     running = ServerProcess(
-        tmp_path / "console.log", command=GUNICORN, listening=r"Listening at: http://[\d.]+:(\d+)"
+        tmp_path / "console.log",
+        command=GUNICORN,
+        listening=r"Listening at: http://[\d.]+:(\d+)",
+        preexec_fn=os.setsid,  # a process group of its own, as in a terminal
     )
     # Each worker has loaded the app when it says so (about the missing auth token).
     running.wait_for(r"(?s)TWILIO_AUTH_TOKEN is not set.*TWILIO_AUTH_TOKEN is not set")
@@ -67,14 +71,20 @@ def test_handshakes_are_checked_under_gunicorn_too(gunicorn):
     assert refused.value.status_code == 404
 
 
-def test_sigterm_to_gunicorn_summarises_every_open_stream(gunicorn):
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_stopping_gunicorn_summarises_every_open_stream(gunicorn, how):
     open_calls = [open_call(gunicorn) for _ in range(6)]
     for call, _ in open_calls:
         gunicorn.wait_for(rf"\[{call.tag}\] start:")
     time.sleep(0.3)  # the media sent after start is read
     started = time.monotonic()
-    assert gunicorn.stop(signal.SIGTERM, timeout=20) == 0
+    if how == "Ctrl-C":  # a terminal sends SIGINT to the whole process group
+        os.killpg(gunicorn.process.pid, signal.SIGINT)
+        assert gunicorn.process.wait(20) == 0
+    else:
+        assert gunicorn.stop(signal.SIGTERM, timeout=20) == 0
     assert time.monotonic() - started < 10
+    assert "SystemExit" not in gunicorn.log()
     for call, _ in open_calls:
         summary = gunicorn.summary(call, timeout=0)
         assert "ended by server shutdown" in summary

@@ -292,18 +292,45 @@ def test_shutdown_summarises_open_streams_and_exits_cleanly(start_server, signum
     assert (opcode, int.from_bytes(payload[:2], "big")) == (websocket.ABNF.OPCODE_CLOSE, 1001)
 
 
-def test_a_bad_setting_stops_the_server_with_a_clear_message():
+def start_failing(**environ):
+    """Run `python app.py` expecting it to stop at startup; return its stderr."""
     result = subprocess.run(
         [sys.executable, "app.py"],
         cwd=REPO,
-        env={**os.environ, "PORT": "fifty"},
+        env={**os.environ, "HOST": "127.0.0.1", **environ},
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode != 0
-    assert "configuration error: PORT must be a number" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return result.stderr
+
+
+def test_a_bad_setting_stops_the_server_with_a_clear_message(tmp_path):
+    assert "configuration error: PORT must be a number" in start_failing(PORT="fifty")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert (
+        f"configuration error: RECORDINGS_DIR '{blocker}/recordings' is not a directory this "
+        "server can write to (Not a directory)"
+    ) in start_failing(RECORDINGS_DIR=str(blocker / "recordings"))
+
+
+def test_a_port_in_use_or_an_unknown_host_is_one_line(server):
+    assert start_failing(PORT=str(server.port)).strip() == (
+        f"cannot listen on 127.0.0.1:{server.port}: Address already in use"
+    )
+    unknown = start_failing(HOST="no-such-host.invalid").strip()
+    assert unknown.startswith("cannot listen on no-such-host.invalid:5000: ")
+    assert "(" not in unknown  # the reason alone, e.g. "Name or service not known"
+
+
+def test_startup_lines_show_whatever_the_log_level(start_server, tmp_path):
+    quiet = start_server(LOG_LEVEL="WARNING", RECORDINGS_DIR=str(tmp_path / "new" / "dir"))
+    assert quiet.port > 0  # the chosen port is on the console
+    assert quiet.lines(f"INFO    recording every stream's tracks to {tmp_path}/new/dir")
+    assert (tmp_path / "new" / "dir").is_dir()
 
 
 def test_connected_message_before_start_names_the_client(server):

@@ -127,20 +127,6 @@ def test_shutdown_with_a_call_open_leaves_a_file_that_plays(start_server, tmp_pa
     assert frames % SAMPLES_PER_CHUNK == 0
 
 
-def test_an_unwritable_directory_is_reported_once_and_the_call_goes_on(start_server, tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    server = start_server(RECORDINGS_DIR=str(blocker / "recordings"))
-    status, report = simulate(server, "--seconds", "1", "--fast", "--tracks", "both")
-    assert status == 0, report
-    summary = server.wait_for(r"summary: .*").group(0)
-    assert "inbound 50 messages" in summary and "outbound 50 messages" in summary
-    assert not server.lines("recorded:")
-    (error,) = server.lines("ERROR")
-    assert "recording stopped, the call goes on:" in error
-    assert str(blocker) in error
-
-
 def media(chunk, audio=b"\x00" * SAMPLES_PER_CHUNK, track="inbound"):
     return Media("MZ1", None, track, chunk, None, audio)
 
