@@ -11,7 +11,7 @@ import signal
 import sys
 
 import gevent
-from flask import Flask
+from flask import Flask, request
 from gevent.event import Event
 
 from mediastream.config import Config, ConfigError
@@ -27,6 +27,7 @@ from mediastream.messages import (
     Stop,
     parse_message,
 )
+from mediastream.pages import about
 from mediastream.recording import Recording
 from mediastream.security import signature_check
 from mediastream.speech import SpeechActivity
@@ -58,6 +59,12 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
     if config.recordings_dir:
         startup.info("recording every stream's tracks to %s", config.recordings_dir)
     factories = enabled(handlers, config)
+
+    @app.get("/")
+    @app.get("/media")  # without a WebSocket handshake: a browser, curl
+    def about_this_server():
+        """What a person checking their tunnel sees: what this is, where Twilio connects."""
+        return about(request.environ, config)
 
     @sockets.route("/media")
     def media(ws):

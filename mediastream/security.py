@@ -35,14 +35,17 @@ class SignatureCheck:
 
     def signed_url(self, environ):
         """The URL Twilio signed: the public wss:// URL of this request."""
-        base = self.public_url or _url_from_headers(environ)
+        base = public_base(environ, self.public_url)
         path = quote(environ.get("PATH_INFO", "").encode("latin-1"), safe="/:@!$&'()*+,;=~")
         query = environ.get("QUERY_STRING")
         return f"{base}{path}?{query}" if query else f"{base}{path}"
 
 
-def _url_from_headers(environ):
-    """wss://host as the client saw it, through ngrok or another proxy where there is one."""
+def public_base(environ, public_url=None):
+    """The scheme and host Twilio connects to: PUBLIC_URL if set, else wss://host as this
+    request's client saw it, through ngrok or another proxy where there is one."""
+    if public_url:
+        return public_url
     proto = _first(environ.get("HTTP_X_FORWARDED_PROTO")) or "http"
     host = _first(environ.get("HTTP_X_FORWARDED_HOST")) or environ.get("HTTP_HOST", "")
     scheme = "wss" if proto in ("https", "wss") else "ws"

@@ -38,6 +38,7 @@ log = logging.getLogger("mediastream")
 MAX_MESSAGE_BYTES = 64 * 1024
 IDLE_TIMEOUT = 30.0
 READ_SIZE = 64 * 1024
+TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS connection: never of an HTTP request
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
@@ -84,17 +85,15 @@ class Sockets(flask_sockets.Sockets):
 class SocketMiddleware(flask_sockets.SocketMiddleware):
     """Runs the WebSocket route a request matches; anything else goes to Flask.
 
-    Unlike flask-sockets' own, a plain HTTP request to a WebSocket route gets Werkzeug's
-    400 answer instead of a traceback, and errors inside a route are not mistaken for a
-    missing route."""
+    Unlike flask-sockets' own, a plain HTTP request to a WebSocket route goes to Flask (which
+    may have a page at that path) instead of raising a traceback, and errors inside a route
+    are not mistaken for a missing route."""
 
     def __call__(self, environ, start_response):
         try:
             route, values = self.ws.url_map.bind_to_environ(environ).match()
-        except NotFound:
+        except HTTPException:  # no WebSocket route here, or not a WebSocket request
             return self.wsgi_app(environ, start_response)
-        except HTTPException as refusal:
-            return refusal(environ, start_response)
         websocket = environ.get("wsgi.websocket")
         if websocket is None:
             return NotFound("WebSocket route served without gevent-websocket's handler")(
@@ -154,6 +153,15 @@ class MediaStreamHandler(WebSocketHandler):
             return "408", REQUEST_TIMEOUT_RESPONSE
         finally:
             self._request_deadline.cancel()
+
+    def read_requestline(self):
+        if self.rfile.peek(1)[:1] == TLS_HANDSHAKE:
+            self.log_error(
+                "this looks like TLS (https:// or wss://) sent to this plain port: use ws:// "
+                "locally, or put an ngrok http tunnel in front; closed"
+            )
+            return ""  # no request: the connection is closed
+        return super().read_requestline()
 
     def read_request(self, raw_requestline):
         request = super().read_request(raw_requestline)

@@ -6,6 +6,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -261,10 +262,34 @@ def test_websocket_to_another_path_is_refused(server):
     assert server.lines("handshake refused (404 Not Found): no WebSocket route")
 
 
-def test_plain_http_request_to_media_gets_an_answer_not_a_traceback(server):
-    with pytest.raises(urllib.error.HTTPError) as answer:
-        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/media", timeout=5)
-    assert answer.value.code == 400
+@pytest.mark.parametrize("path, status", [("/", 200), ("/media", 426)])
+def test_a_browser_learns_what_this_server_is_and_where_twilio_connects(server, path, status):
+    try:
+        answer = urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5)
+    except urllib.error.HTTPError as refusal:
+        answer = refusal
+    assert answer.status == status
+    url = f"ws://127.0.0.1:{server.port}/media"
+    assert f"Twilio should connect to:\n\n    {url}\n" in answer.read().decode()
+    visit = server.lines(f"HTTP GET {path}")[-1]
+    assert visit.endswith(f"this server takes Twilio's WebSocket at {url}")
+
+
+def test_through_ngrok_the_page_gives_the_wss_url(server):
+    through_ngrok = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/",
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "abc123.ngrok.app"},
+    )
+    page = urllib.request.urlopen(through_ngrok, timeout=5).read().decode()
+    assert "    wss://abc123.ngrok.app/media\n" in page
+
+
+def test_tls_sent_to_the_plain_port_is_recognised(server):
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    port = raw.getsockname()[1]
+    with pytest.raises(OSError):  # the server closes: the TLS handshake fails
+        ssl.create_default_context().wrap_socket(raw, server_hostname="localhost")
+    server.wait_for(rf"WARNING \[127.0.0.1:{port}\] bad HTTP request: this looks like TLS")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
