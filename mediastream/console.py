@@ -42,18 +42,19 @@ class Console(Handler):
         stream.log.info("connected: protocol %s %s", event.protocol, event.version)
 
     def start(self, stream, event):
-        parameters = ", ".join(f"{k}={v}" for k, v in event.custom_parameters.items())
+        stream.log.info("start: stream %s from %s", event.stream_sid, stream.client)
         stream.log.info(
-            "start: stream %s, call %s, account %s, tracks %s, %s %d Hz %d ch, parameters: %s",
-            event.stream_sid,
+            "call %s: tracks %s, %s %d Hz %d ch",
             event.call_sid,
-            event.account_sid,
             "+".join(event.tracks) or "none",
             event.encoding,
             event.sample_rate,
             event.channels,
-            parameters or "none",
         )
+        if event.custom_parameters:
+            parameters = ", ".join(f"{k}={v}" for k, v in event.custom_parameters.items())
+            stream.log.info("%s", _fit(f"parameters: {parameters}"))
+        stream.log.debug("account %s", event.account_sid)
 
     def media(self, stream, chunk):
         if self._each_chunk:
@@ -68,22 +69,28 @@ class Console(Handler):
             stream.log.info("media: %s", _audio_per_track(stream))
 
     def gap(self, stream, event, lost_messages, lost_chunks):
-        """One warning per hole in the numbering: messages Twilio sent that never arrived."""
+        """One warning per hole in the numbering: messages Twilio sent that never arrived.
+
+        Messages are counted from sequence numbers only: with two tracks, one lost message
+        shows as a sequence hole and, at the next chunk of its track, a chunk hole."""
         holes = []
-        if lost_chunks:
-            holes.append(f"{event.track} {_numbers('chunk', lost_chunks)}")
         if lost_messages:
-            holes.append(_numbers("sequence number", lost_messages))
-        losses = [_count(max(len(lost_chunks), len(lost_messages)), "message")]
+            holes.append(
+                f"{_count(len(lost_messages), 'message')} lost "
+                f"({_numbers('sequence number', lost_messages)})"
+            )
         if lost_chunks:
-            losses.append(f"{len(lost_chunks) * g711.CHUNK_MS} ms of audio")
-        stream.log.warning("gap: %s missing (%s lost)", ", ".join(holes), ", ".join(losses))
+            holes.append(
+                f"{event.track} {len(lost_chunks) * g711.CHUNK_MS} ms of audio lost "
+                f"({_numbers('chunk', lost_chunks)})"
+            )
+        stream.log.warning("gap: %s", "; ".join(holes))
 
     def dtmf(self, stream, event):
         stream.log.info("dtmf: digit %s (%s)", event.digit, event.track)
 
     def mark(self, stream, event):
-        stream.log.info("mark: %s", event.name)
+        stream.log.info("%s", _fit(f"mark: {event.name}"))
 
     def stop(self, stream, event):
         stream.log.info("stop: call %s", event.call_sid or stream.call_sid)
@@ -92,18 +99,21 @@ class Console(Handler):
         stream.log.warning("bad message ignored: %s", problem)
 
     def end(self, stream, ended_by):
-        """The one line every stream ends with, however it ended."""
-        problems = "; ".join(f"{name} {what}" for name, what in stream.handler_problems.items())
+        """The lines every stream ends with, however it ended; `summary:` is the last."""
+        stream.log.info("received: %s", _media_per_track(stream))
         stream.log.info(
-            "summary: stream %s, ended by %s after %.1f s; %s; gaps: %s, %s; bad messages: %d%s",
-            stream.stream_sid or "never started",
-            ended_by,
-            stream.duration(),
-            _media_per_track(stream),
+            "gaps: %s, %s; bad messages: %d",
             _count(stream.missing_chunks, "missing chunk"),
             _count(stream.missing_sequence_numbers, "missing sequence number"),
             stream.bad_messages,
-            f"; handler problems: {problems}" if problems else "",
+        )
+        for name, problem in stream.handler_problems.items():
+            stream.log.warning("handler problem: %s %s", name, problem)
+        stream.log.info(
+            "summary: stream %s ended by %s after %.1f s",
+            stream.stream_sid or "never started,",
+            ended_by,
+            stream.duration(),
         )
 
 
@@ -127,12 +137,16 @@ def _speech(speech):
 def _media_per_track(stream):
     return (
         ", ".join(
-            f"{track} {_count(figures.messages, 'message')}, {figures.audio_bytes} bytes "
-            f"({stream.audio_seconds(track):.1f} s)"
+            f"{track} {_count(figures.messages, 'message')} ({stream.audio_seconds(track):.1f} s)"
             for track, figures in stream.tracks.items()
         )
         or "no media"
     )
+
+
+def _fit(text, width=92):
+    """Text cut to fit a 120-column terminal after the time, level and tag (28 columns)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _numbers(noun, numbers):

@@ -61,8 +61,8 @@ def signature_check(config):
     """The handshake check for `config` (see Sockets), said at startup; None without a token."""
     if not config.auth_token:
         log.warning(
-            "TWILIO_AUTH_TOKEN is not set: handshakes are not checked, and anyone who "
-            "finds this server's URL can stream into it"
+            "TWILIO_AUTH_TOKEN is not set: handshakes are not checked; anyone with the URL "
+            "can stream in"
         )
         return None
     where = config.public_url or "the request's Host and X-Forwarded-* headers"

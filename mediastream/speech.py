@@ -7,9 +7,9 @@ voiced frames until HANGOVER_FRAMES unvoiced ones (a turn); talk time counts fro
 first voiced frame of a turn to where its speech ended. Lost chunks count as unvoiced.
 
 While the call goes on, each track's figures (speaking or not, talk time so far) are in
-`stream.tracks[track].speech`, which the console's progress line shows. At the end, one
-`speech:` line: talk time and share per track, overtalk (both tracks speaking at once)
-and the longest silence between speech.
+`stream.tracks[track].speech`, which the console's progress line shows. At the end, `speech:`
+lines: talk time and share per track, overtalk (both tracks speaking at once) and the
+longest silence between speech.
 """
 
 from array import array
@@ -151,18 +151,18 @@ class SpeechActivity(Handler):
             return
         for track in self.tracks.values():
             track.finish()
-        parts = [
+        talk = [
             f"{name} talk {_seconds(track.finished_frames)} "
-            f"({_share(track.finished_frames, track.frames)} of {_seconds(track.frames)})"
+            f"({_share(track.finished_frames, track.frames)})"
             for name, track in self.tracks.items()
         ]
         if len(self.tracks) == 2:
             frames, count = overtalk(*self.tracks.values())
-            parts.append(f"overtalk {_seconds(frames)} ({_times(count)})")
+            talk[-1] += f"; overtalk {_seconds(frames)} ({_times(count)})"
+        stream.log.info("speech: %s", ", ".join(talk))
         frames, at = longest_silence(self.tracks.values())
         if at is not None:
-            parts.append(f"longest silence {_seconds(frames)} at {_clock(at)}")
-        stream.log.info("speech: %s", "; ".join(parts))
+            stream.log.info("speech: longest silence %s at %s", _seconds(frames), _clock(at))
 
 
 def _seconds(frames):

@@ -62,8 +62,9 @@ class ServerProcess:
         raise AssertionError(f"no console line matched {pattern!r}; console:\n{self.log()}")
 
     def summary(self, call, timeout=10):
-        """The summary line of a call's stream, once it has been logged."""
-        return self.wait_for(rf"\[{call.tag}\] summary: .*", timeout).group(0)
+        """Every line about a call's stream, once its summary (its last line) is logged."""
+        self.wait_for(rf"\[{call.tag}\] summary: .*", timeout)
+        return "\n".join(self.lines(f"[{call.tag}]"))
 
     def connect(self, path="/media", **options):
         """A WebSocket client connected to the server, as Twilio would connect."""

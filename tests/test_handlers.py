@@ -230,7 +230,7 @@ def test_a_slow_handler_never_slows_the_call_or_loses_its_end(start_with):
         summary = server.summary(call, timeout=5)
         assert f"ended by {how}" in summary
         assert "inbound 100 messages" in summary  # the socket was read to the end meanwhile
-        assert "handler problems: Sleepy " in summary and "events dropped" in summary
+        assert "handler problem: Sleepy " in summary and "events dropped" in summary
     # A connection that never starts is still closed at its deadline, with 1008.
     ws = server.connect()
     ws.send(TwilioCall().connected())
@@ -247,7 +247,7 @@ def test_a_handler_that_blocks_on_the_reading_greenlet_breaks_no_deadline(start_
     opcode, payload = ws.recv_data(control_frame=True)
     assert int.from_bytes(payload[:2], "big") == 1008
     server.wait_for(r"summary: stream never started, ended by no start message")
-    assert not server.lines("handler problems")
+    assert not server.lines("handler problem")
 
 
 @pytest.mark.parametrize("name", ["Sleepy", "SleepyInline"])
@@ -277,7 +277,7 @@ def test_a_broken_handler_breaks_nothing_else(start_with, name):
     ws_broken.close()
     summary = server.summary(broken)
     assert "ended by stop" in summary and "inbound 5 messages" in summary
-    assert f"handler problems: {name} failed in media()" in summary
+    assert f"handler problem: {name} failed in media()" in summary
     (error,) = server.lines("ERROR")
     assert f"[{broken.tag}] handler {name} failed in media(); it gets no more" in error
     log = server.log()
@@ -287,7 +287,7 @@ def test_a_broken_handler_breaks_nothing_else(start_with, name):
     # Another call on the same server is untouched.
     ws_other.send(other.stop())
     ws_other.close()
-    assert "handler problems" not in server.summary(other)
+    assert "handler problem" not in server.summary(other)
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(10)
     server.log_path.write_text(log.replace("Traceback", "(expected traceback)"))
@@ -302,7 +302,7 @@ def test_a_handler_that_cannot_be_made_leaves_the_others_working(start_with):
     ws.close()
     summary = server.summary(call)
     assert "inbound 5 messages" in summary
-    assert "handler problems: Unmakeable failed in __init__()" in summary
+    assert "handler problem: Unmakeable failed in __init__()" in summary
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(10)
     server.log_path.write_text(server.log().replace("Traceback", "(expected traceback)"))
