@@ -11,11 +11,14 @@ import argparse
 import os
 import sys
 import time
+from urllib.parse import urlsplit
 
 from mediastream.simulator import Plan, mulaw_chunks, read_wav, run, tone
 
 TRACKS = {"inbound": ("inbound",), "outbound": ("outbound",), "both": ("inbound", "outbound")}
 TONES = {"inbound": 440.0, "outbound": 660.0}  # the built-in signal: a tone per track
+DEFAULT_URL = "ws://127.0.0.1:5000/media"
+DTMF_KEYS = "0123456789*#ABCD"
 
 
 def parse_arguments(argv):
@@ -24,7 +27,7 @@ def parse_arguments(argv):
     )
     parser.add_argument(
         "--url",
-        default="ws://127.0.0.1:5000/media",
+        default=DEFAULT_URL,
         help="the server's WebSocket URL (default: %(default)s)",
     )
     parser.add_argument("--calls", type=int, default=1, help="concurrent calls (default: 1)")
@@ -84,6 +87,14 @@ def parse_arguments(argv):
         parser.error("--seconds must be positive")
     if any("=" not in pair for pair in arguments.param):
         parser.error("--param takes NAME=VALUE")
+    if urlsplit(arguments.url).scheme not in ("ws", "wss"):
+        parser.error(f"--url must start with ws:// or wss://, like {DEFAULT_URL}")
+    if any(chunk < 1 for chunk in arguments.lose):
+        parser.error("--lose takes chunk numbers, which start at 1")
+    if arguments.dtmf.strip(DTMF_KEYS):
+        parser.error(f"--dtmf takes the keys of a phone: {DTMF_KEYS}")
+    if not all(arguments.mark):
+        parser.error("--mark takes a name")
     return arguments
 
 

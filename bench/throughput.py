@@ -64,7 +64,11 @@ class Server:
             command, cwd=REPO, env=env, stdout=self.console, stderr=subprocess.STDOUT
         )
         self.url = f"ws://127.0.0.1:{self.port}/media"
-        self._wait_until_listening()
+        try:
+            self._wait_until_listening()
+        except BaseException:
+            self.stop()  # a contestant that fails to start is not left running
+            raise
 
     def _wait_until_listening(self):
         deadline = time.monotonic() + 20
@@ -129,9 +133,11 @@ def flat_out_round(server, conversations, total_messages):
 def flat_out(arguments):
     print(f"building {arguments.calls} calls x {arguments.messages} media messages ...")
     conversations, total = build_calls(arguments.calls, arguments.messages)
-    servers = [Server(name) for name in arguments.servers]
-    rates = {server.name: [] for server in servers}
+    servers = []
+    rates = {name: [] for name in arguments.servers}
     try:
+        for name in arguments.servers:
+            servers.append(Server(name))
         for round_number in range(1, arguments.rounds + 1):
             for server in servers:
                 rate = flat_out_round(server, conversations, total)

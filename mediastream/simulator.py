@@ -138,7 +138,8 @@ def read_wav(path):
             shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as problem:
-        raise ValueError(f"{path}: not a PCM WAV file ({problem})") from None
+        reason = str(problem) or "it ends before its header does"
+        raise ValueError(f"{path}: not a PCM WAV file ({reason})") from None
     if shape != (8000, 1, 2):
         rate, channels, width = shape
         raise ValueError(
@@ -332,9 +333,9 @@ class Report:
         calls = len(self.results)
         rate = self.messages / self.seconds if self.seconds else 0.0
         yield (
-            f"simulated {calls} calls ({calls - len(self.failures)} completed, "
-            f"{len(self.failures)} failed): {self.messages} messages in {self.seconds:.1f} s, "
-            f"{rate:.0f} messages/s"
+            f"simulated {calls} call{'' if calls == 1 else 's'} "
+            f"({calls - len(self.failures)} completed, {len(self.failures)} failed): "
+            f"{self.messages} messages in {self.seconds:.1f} s, {rate:.0f} messages/s"
         )
         for number, result in enumerate(self.results, 1):
             if result.failure:

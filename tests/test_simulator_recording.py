@@ -67,7 +67,7 @@ def test_a_wav_plays_through_and_is_recorded_sample_for_sample(start_server, tmp
 
     status, report = simulate(server, "--wav", str(tmp_path / "call.wav"), "--fast", "--lose", "7")
     assert status == 0, report
-    assert "simulated 1 calls (1 completed, 0 failed): 52 messages" in report  # 49 media + 3
+    assert "simulated 1 call (1 completed, 0 failed): 52 messages" in report  # 49 media + 3
 
     (name,) = recorded_files(recordings)
     assert name.startswith("MZ") and name.endswith("-inbound.wav")
@@ -248,9 +248,30 @@ def test_a_wav_in_another_format_gets_a_clear_error(server, tmp_path):
     assert "44100 Hz, 2 channels, 16-bit; need 8000 Hz mono 16-bit PCM" in report
     (tmp_path / "text.wav").write_text("hello")
     status, report = simulate(server, "--wav", str(tmp_path / "text.wav"))
-    assert status != 0 and "not a PCM WAV file" in report
+    assert status != 0 and "not a PCM WAV file (it ends before its header does)" in report
     status, report = simulate(server, "--wav", str(tmp_path / "missing.wav"))
     assert status != 0 and "No such file" in report
+
+
+@pytest.mark.parametrize(
+    "arguments, error",
+    [
+        (["--url", "127.0.0.1:5000/media"], "--url must start with ws:// or wss://"),
+        (["--lose", "0"], "--lose takes chunk numbers, which start at 1"),
+        (["--dtmf", "12x"], "--dtmf takes the keys of a phone: 0123456789*#ABCD"),
+        (["--mark", ""], "--mark takes a name"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_with_a_reason(arguments, error):
+    result = subprocess.run(
+        [sys.executable, "simulate.py", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert error in result.stderr
 
 
 def test_g711_matches_the_reference_on_every_sample():
