@@ -9,6 +9,7 @@ goes to the stream's handlers: the console, the recording, speech activity, and 
 
 import signal
 import sys
+import time
 
 import gevent
 from flask import Flask, request
@@ -27,11 +28,13 @@ from mediastream.messages import (
     Stop,
     parse_message,
 )
-from mediastream.pages import about
+from mediastream.metrics import Metrics, exposition
+from mediastream.pages import about, health
 from mediastream.recording import Recording
 from mediastream.security import signature_check
 from mediastream.speech import SpeechActivity
 from mediastream.stream import NOTHING_MISSING, MediaStream
+from mediastream.webhooks import status, twiml
 from mediastream.websocket import (
     Connection,
     MediaStreamHandler,
@@ -41,10 +44,11 @@ from mediastream.websocket import (
     client_address,
 )
 
-# What every stream gets: the console (first, so its summary comes last), WAV files when
-# RECORDINGS_DIR is set, and who is speaking unless SPEECH_ACTIVITY=off. Add your own
-# handlers after these (see mediastream/handlers.py and the README's "Build on it").
-DEFAULT_HANDLERS = (Console, Recording, SpeechActivity)
+# What every stream gets: the console (first, so its summary comes last), its figures in
+# the metrics, WAV files when RECORDINGS_DIR is set, and who is speaking unless
+# SPEECH_ACTIVITY=off. Add your own handlers after these (see mediastream/handlers.py
+# and the README's "Build on it").
+DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity)
 
 
 def create_app(config=None, handlers=DEFAULT_HANDLERS):
@@ -55,16 +59,11 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
     app = Flask(__name__)
     app.config["MEDIASTREAM"] = config = config or Config.from_environ()
     app.extensions["connections"] = connections = OpenConnections()
-    sockets = Sockets(app, check=signature_check(config))
+    sockets = Sockets(app, connections, check=signature_check(config))
     if config.recordings_dir:
         startup.info("recording every stream's tracks to %s", config.recordings_dir)
     factories = enabled(handlers, config)
-
-    @app.get("/")
-    @app.get("/media")  # without a WebSocket handshake: a browser, curl
-    def about_this_server():
-        """What a person checking their tunnel sees: what this is, where Twilio connects."""
-        return about(request.environ, config)
+    started_at = time.monotonic()
 
     @sockets.route("/media")
     def media(ws):
@@ -82,6 +81,28 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
                     start_deadline.cancel()
         stream_handlers.end("stop" if stream.stopped else connection.ended_by)
         connections.discard(connection)
+
+    # Plain HTTP: for people, load balancers, metrics systems and Twilio's webhooks.
+    @app.get("/")
+    @app.get("/media")  # without a WebSocket handshake: a browser, curl
+    def about_this_server():
+        return about(request.environ, config)
+
+    @app.get("/healthz")
+    def healthz():
+        return health(connections, started_at)
+
+    @app.get("/metrics")
+    def metrics():
+        return exposition(request.environ, config)
+
+    @app.post("/status")
+    def stream_status():
+        return status(request.environ, request.form, config)
+
+    @app.route("/twiml", methods=["GET", "POST"])
+    def call_twiml():
+        return twiml(request.environ, request.form, config)
 
     return app
 
@@ -134,8 +155,10 @@ def serve(app):
     finished = Event()
 
     def shut_down():
-        server.close()  # accept no more calls
+        # While the streams end, /healthz says 503 and new calls are refused, so that a
+        # load balancer sees the server go; then the listener closes.
         app.extensions["connections"].end_all()
+        server.close()
         server.stop(timeout=1)
         finished.set()
 
@@ -159,7 +182,7 @@ def main(handlers=DEFAULT_HANDLERS):
         config = Config.from_environ()
     except ConfigError as problem:
         sys.exit(f"configuration error: {problem}")
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     serve(create_app(config, handlers))
 
 

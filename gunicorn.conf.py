@@ -2,15 +2,27 @@
 
     gunicorn 'app:create_app()'
 
-HOST, PORT and LOG_LEVEL mean what they mean for `python app.py`; WEB_CONCURRENCY
-(gunicorn's own variable) overrides the number of workers.
+HOST, PORT, LOG_LEVEL and LOG_FORMAT mean what they mean for `python app.py`;
+WEB_CONCURRENCY (gunicorn's own variable) overrides the number of workers.
+PROMETHEUS_MULTIPROC_DIR, if set, is where the workers keep their metrics (emptied at
+start); otherwise a temporary directory is made, and removed at exit.
 """
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from mediastream import console
-from mediastream.config import Config, ConfigError
+# /metrics adds up every worker's figures from files in this directory (prometheus_client's
+# multiprocess mode); it must be set before a worker imports prometheus_client.
+OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mediastream-metrics-")
+METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+from mediastream import console  # noqa: E402
+from mediastream.config import Config, ConfigError  # noqa: E402
 
 # (Names here that match a gunicorn setting, like `config`, are read as that setting.)
 
@@ -23,4 +35,23 @@ bind = f"{settings.host}:{settings.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
 worker_class = "mediastream.worker.Worker"
 loglevel = settings.log_level.lower()
-console.configure_logging(settings.log_level)  # the workers inherit it
+console.configure_logging(settings.log_level, settings.log_format)  # the workers inherit it
+
+
+def on_starting(server):
+    """Start the metrics from zero: a previous run's files would be added in."""
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for old in METRICS_DIR.glob("*.db"):
+        old.unlink()
+
+
+def child_exit(server, worker):
+    """A worker that is gone no longer counts in the open streams."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if OWN_METRICS_DIR:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)

@@ -17,6 +17,7 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 5000
     log_level: str = "INFO"
+    log_format: str = "console"
     auth_token: str | None = field(default=None, repr=False)  # a secret: never shown
     public_url: str | None = None
     max_message_bytes: int = 64 * 1024
@@ -24,6 +25,8 @@ class Config:
     idle_timeout: float = 30.0
     recordings_dir: str | None = None
     speech_activity: bool = True
+    metrics_token: str | None = field(default=None, repr=False)  # a secret: never shown
+    dial_number: str | None = None
 
     @classmethod
     def from_environ(cls, environ=None):
@@ -33,6 +36,7 @@ class Config:
             host=environ.get("HOST") or cls.host,
             port=_port(environ.get("PORT")),
             log_level=_log_level(environ.get("LOG_LEVEL")),
+            log_format=_log_format(environ.get("LOG_FORMAT")),
             auth_token=environ.get("TWILIO_AUTH_TOKEN") or None,
             public_url=_public_url(environ.get("PUBLIC_URL")),
             max_message_bytes=_positive(
@@ -46,6 +50,8 @@ class Config:
             ),
             recordings_dir=_recordings_dir(environ.get("RECORDINGS_DIR")),
             speech_activity=_on_off(environ.get("SPEECH_ACTIVITY"), "SPEECH_ACTIVITY", True),
+            metrics_token=environ.get("METRICS_TOKEN") or None,
+            dial_number=(environ.get("DIAL_NUMBER") or "").strip() or None,
         )
 
 
@@ -64,6 +70,14 @@ def _log_level(text):
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, not {text!r}")
     return level
+
+
+def _log_format(text):
+    if not text:
+        return Config.log_format
+    if text.lower() not in ("console", "json"):
+        raise ConfigError(f"LOG_FORMAT must be json (or console, the default), not {text!r}")
+    return text.lower()
 
 
 def _public_url(text):

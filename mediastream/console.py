@@ -9,17 +9,37 @@ seconds, with who is speaking when speech activity is on; DEBUG shows each messa
 import logging
 import sys
 
+from pythonjsonlogger.json import JsonFormatter
+
 from mediastream import g711
 from mediastream.handlers import Handler
+from mediastream.messages import cut
 
 log = logging.getLogger("mediastream")
 startup = logging.getLogger("mediastream.startup")  # said once, shown whatever LOG_LEVEL
 
+LINE = 92  # what fits a 120-column terminal after the time, the level and the tag
 
-def configure_logging(level):
-    """Send log lines to stdout, with a time, a level and the message."""
+
+def configure_logging(level, log_format="console"):
+    """Send log lines to stdout: for people, with a time, a level and the message; or, with
+    log_format "json", as one JSON object a line for a log pipeline (python-json-logger):
+    time, level, pid, message, and for a stream's lines its tag, stream_sid, call_sid,
+    event and, on summary and gap lines, figures."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    if log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{process}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "process": "pid"},
+                timestamp="time",
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -50,10 +70,11 @@ class Console(Handler):
             event.encoding,
             event.sample_rate,
             event.channels,
+            extra={"event": "start"},
         )
         if event.custom_parameters:
             parameters = ", ".join(f"{k}={v}" for k, v in event.custom_parameters.items())
-            stream.log.info("%s", _fit(f"parameters: {parameters}"))
+            stream.log.info("parameters: %s", cut(parameters, LINE - len("parameters: ")))
         stream.log.debug("account %s", event.account_sid)
 
     def media(self, stream, chunk):
@@ -84,13 +105,23 @@ class Console(Handler):
                 f"{event.track} {len(lost_chunks) * g711.CHUNK_MS} ms of audio lost "
                 f"({_numbers('chunk', lost_chunks)})"
             )
-        stream.log.warning("gap: %s", "; ".join(holes))
+        stream.log.warning(
+            "gap: %s",
+            "; ".join(holes),
+            extra={
+                "figures": {
+                    "lost_messages": len(lost_messages),
+                    "lost_chunks": len(lost_chunks),  # of the track of the media event
+                    "track": event.track if lost_chunks else None,
+                }
+            },
+        )
 
     def dtmf(self, stream, event):
         stream.log.info("dtmf: digit %s (%s)", event.digit, event.track)
 
     def mark(self, stream, event):
-        stream.log.info("%s", _fit(f"mark: {event.name}"))
+        stream.log.info("mark: %s", cut(event.name, LINE - len("mark: ")))
 
     def stop(self, stream, event):
         stream.log.info("stop: call %s", event.call_sid or stream.call_sid)
@@ -114,6 +145,7 @@ class Console(Handler):
             stream.stream_sid or "never started,",
             ended_by,
             stream.duration(),
+            extra={"figures": _figures(stream, ended_by)},
         )
 
 
@@ -134,6 +166,24 @@ def _speech(speech):
     return f", {'speaking' if speech.speaking else 'silent'}, talk {speech.talk_seconds:.1f} s"
 
 
+def _figures(stream, ended_by):
+    """The summary as data, for JSON logs."""
+    return {
+        "ended_by": ended_by,
+        "seconds": round(stream.duration(), 3),
+        "tracks": {
+            track: {
+                "messages": figures.messages,
+                "audio_seconds": stream.audio_seconds(track),
+                "missing_chunks": figures.chunks.missing,
+            }
+            for track, figures in stream.tracks.items()
+        },
+        "missing_sequence_numbers": stream.missing_sequence_numbers,
+        "bad_messages": stream.bad_messages,
+    }
+
+
 def _media_per_track(stream):
     return (
         ", ".join(
@@ -142,11 +192,6 @@ def _media_per_track(stream):
         )
         or "no media"
     )
-
-
-def _fit(text, width=92):
-    """Text cut to fit a 120-column terminal after the time, level and tag (28 columns)."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _numbers(noun, numbers):

@@ -122,14 +122,14 @@ def parse_message(text):
         raise BadMessage("no 'event' field")
     parse = _PARSERS.get(event) if isinstance(event, str) else None
     if parse is None:
-        raise BadMessage(f"unknown event {_cut(event, 40)!r}")
+        raise BadMessage(f"unknown event {cut(event, 40)!r}")
     return parse(message)
 
 
 def _connected(message):
     return Connected(
-        protocol=_cut(message.get("protocol", ""), 20),
-        version=_cut(message.get("version", ""), 20),
+        protocol=cut(message.get("protocol", ""), 20),
+        version=cut(message.get("version", ""), 20),
         sequence=_sequence(message),
     )
 
@@ -147,16 +147,16 @@ def _start(message):
         raise BadMessage("start without a streamSid")
     tracks = start.get("tracks")
     return Start(
-        stream_sid=_cut(stream_sid, SID_CHARS),
+        stream_sid=cut(stream_sid, SID_CHARS),
         sequence=_sequence(message),
-        call_sid=_cut(start.get("callSid", ""), SID_CHARS),
-        account_sid=_cut(start.get("accountSid", ""), SID_CHARS),
+        call_sid=cut(start.get("callSid", ""), SID_CHARS),
+        account_sid=cut(start.get("accountSid", ""), SID_CHARS),
         tracks=[_track(track) for track in tracks] if isinstance(tracks, list) else [],
-        encoding=_cut(media_format.get("encoding", "audio/x-mulaw"), 40),
+        encoding=cut(media_format.get("encoding", "audio/x-mulaw"), 40),
         sample_rate=_count(media_format.get("sampleRate", 8000), "sampleRate"),
         channels=_count(media_format.get("channels", 1), "channels"),
         custom_parameters={
-            _cut(name, 40): _cut(value, 100)
+            cut(name, 40): cut(value, 100)
             for name, value in list(parameters.items())[:MAX_PARAMETERS]
         },
     )
@@ -189,8 +189,8 @@ def _dtmf(message):
     return Dtmf(
         stream_sid=_stream_sid(message),
         sequence=_sequence(message),
-        track=_cut(dtmf.get("track", "inbound_track"), 20),
-        digit=_cut(digit, 4),
+        track=cut(dtmf.get("track", "inbound_track"), 20),
+        digit=cut(digit, 4),
     )
 
 
@@ -199,7 +199,7 @@ def _mark(message):
     name = mark.get("name")
     if not isinstance(name, str):
         raise BadMessage("mark without a name")
-    return Mark(stream_sid=_stream_sid(message), sequence=_sequence(message), name=_cut(name, 100))
+    return Mark(stream_sid=_stream_sid(message), sequence=_sequence(message), name=cut(name, 100))
 
 
 def _stop(message):
@@ -208,8 +208,8 @@ def _stop(message):
     return Stop(
         stream_sid=_stream_sid(message),
         sequence=_sequence(message),
-        call_sid=_cut(stop["callSid"], SID_CHARS) if stop.get("callSid") else None,
-        account_sid=_cut(stop["accountSid"], SID_CHARS) if stop.get("accountSid") else None,
+        call_sid=cut(stop["callSid"], SID_CHARS) if stop.get("callSid") else None,
+        account_sid=cut(stop["accountSid"], SID_CHARS) if stop.get("accountSid") else None,
     )
 
 
@@ -233,17 +233,17 @@ def _section(message, name):
 
 def _stream_sid(message):
     stream_sid = message.get("streamSid")
-    return _cut(stream_sid, SID_CHARS) if isinstance(stream_sid, str) else None
+    return cut(stream_sid, SID_CHARS) if isinstance(stream_sid, str) else None
 
 
 def _track(name):
     if name not in TRACKS:
-        raise BadMessage(f"unknown track {_cut(name, 40)!r} (Twilio's are inbound, outbound)")
+        raise BadMessage(f"unknown track {cut(name, 40)!r} (Twilio's are inbound, outbound)")
     return name
 
 
-def _cut(value, limit):
-    """A client's value as text of at most `limit` characters, for state and log lines."""
+def cut(value, limit):
+    """A client's value as text of at most `limit` characters (the cut marked with …)."""
     text = str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -261,7 +261,7 @@ def _count(value, name):
     except (TypeError, ValueError):
         number = -1
     if number < 0:
-        raise BadMessage(f"{name} is not a number: {_cut(value, 40)!r}")
+        raise BadMessage(f"{name} is not a number: {cut(value, 40)!r}")
     if number > MAX_NUMBER:
-        raise BadMessage(f"{name} out of range: {_cut(value, 40)}")
+        raise BadMessage(f"{name} out of range: {cut(value, 40)}")
     return number

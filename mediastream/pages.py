@@ -1,11 +1,14 @@
-"""What the server answers over plain HTTP: a page for a person checking their tunnel.
+"""What the server answers over plain HTTP to people and load balancers.
 
-Opening the ngrok URL in a browser (or with curl) is the first thing people try. `/` and
-a plain GET of `/media` both say what this server is and the wss:// URL Twilio should
-connect to, and the console logs the visit.
+- `/` and a plain GET of `/media`: opening the ngrok URL in a browser (or with curl) is
+  the first thing people try. Both say what this server is and the wss:// URL Twilio
+  should connect to, and the console logs the visit.
+- `/healthz`: for a load balancer: 200 while the server takes calls, 503 once it is
+  shutting down, with a tiny JSON body (open streams, uptime) and no call data.
 """
 
 import logging
+import time
 
 from mediastream.security import public_base
 from mediastream.websocket import client_address
@@ -42,3 +45,13 @@ def about(environ, config):
     if websocket_route:
         headers["Upgrade"] = "websocket"
     return PAGE.format(url=url), status, headers
+
+
+def health(connections, started_at):
+    """/healthz: (body, status)."""
+    body = {
+        "status": "shutting down" if connections.shutting_down else "ok",
+        "open_streams": len(connections),
+        "uptime_seconds": round(time.monotonic() - started_at, 1),
+    }
+    return body, 503 if connections.shutting_down else 200

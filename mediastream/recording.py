@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mediastream.g711 import CHUNK_SAMPLES, CHUNKS_PER_SECOND, SAMPLE_RATE
 from mediastream.handlers import Handler
+from mediastream.metrics import RECORDING_FAILURES
 from mediastream.stream import Numbering
 
 FLUSH_CHUNKS = CHUNKS_PER_SECOND // 2
@@ -59,6 +60,7 @@ class Recording(Handler):
             track.write(chunk.chunk, chunk.pcm)
         except OSError as error:
             self.failed = True
+            RECORDING_FAILURES.inc()
             stream.log.error("recording stopped, the call goes on: %s", error)
             for track in self.tracks.values():
                 track.keep_what_is_good()

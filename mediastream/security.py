@@ -52,6 +52,28 @@ def public_base(environ, public_url=None):
     return f"{scheme}://{host}"
 
 
+def https_base(environ, public_url=None):
+    """The https:// scheme and host of this server as Twilio reaches it (for webhooks)."""
+    base = public_base(environ, public_url)
+    return base.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+
+
+def webhook_refusal(environ, form, auth_token, public_url=None):
+    """Why a webhook request (a form POST, or a GET) from Twilio must be refused, or None.
+
+    Twilio signs the full URL it requested and, for a POST, its form parameters (sorted
+    by name, each name followed by its value); RequestValidator checks exactly that."""
+    signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
+    if not signature:
+        return "no X-Twilio-Signature header"
+    path = quote(environ.get("PATH_INFO", "").encode("latin-1"), safe="/:@!$&'()*+,;=~")
+    query = environ.get("QUERY_STRING")
+    url = https_base(environ, public_url) + path + (f"?{query}" if query else "")
+    if not RequestValidator(auth_token).validate(url, form, signature):
+        return f"X-Twilio-Signature does not match {url} and its parameters"
+    return None
+
+
 def _first(header):
     """The first value of a comma-separated proxy header (the client's side)."""
     return header.split(",")[0].strip() if header else None

@@ -46,14 +46,24 @@ class TrackFigures:
 
 
 class StreamLog(logging.LoggerAdapter):
-    """The server's logger, each line starting with the stream's name in brackets."""
+    """The server's logger, each line starting with the stream's name in brackets, and
+    carrying the stream's SIDs and the line's event ("start", "gap", "summary": the words
+    before its first colon) as fields, for JSON logs."""
 
     def __init__(self, stream):
         super().__init__(log)
         self.stream = stream
 
     def process(self, msg, kwargs):
-        return f"[{self.stream.name}] {msg}", kwargs
+        stream = self.stream
+        kwargs["extra"] = {
+            "stream": stream.name,
+            "stream_sid": stream.stream_sid,
+            "call_sid": stream.call_sid,
+            "event": msg.split(":", 1)[0],
+            **kwargs.get("extra", {}),
+        }
+        return f"[{stream.name}] {msg}", kwargs
 
 
 class MediaStream:

@@ -28,6 +28,8 @@ from geventwebsocket.handler import WebSocketHandler
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Rule
 
+from mediastream.metrics import REFUSED_HANDSHAKES
+
 try:
     from wsaccel.xormask import XorMaskerSimple
 except ImportError:  # no build of wsaccel for this Python: unmask in pure Python
@@ -46,6 +48,8 @@ REQUEST_TIMEOUT_RESPONSE = (
 OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
 OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
 
+REFUSAL_REASONS = {"404": "no route", "403": "signature", "503": "shutting down"}
+
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
@@ -59,9 +63,11 @@ class Sockets(flask_sockets.Sockets):
     """flask-sockets, with its routes registered as WebSocket routes for today's Werkzeug.
 
     `check`, if given, is called with each handshake's WSGI environ before it is accepted
-    and returns why to refuse it (403), or None."""
+    and returns why to refuse it (403), or None. Once `connections` are shutting down,
+    handshakes are refused (503)."""
 
-    def __init__(self, app, check=None):
+    def __init__(self, app, connections, check=None):
+        self.connections = connections
         self.check = check
         super().__init__(app)
 
@@ -78,6 +84,8 @@ class Sockets(flask_sockets.Sockets):
             self.url_map.bind_to_environ(environ).match()
         except NotFound:
             return "404 Not Found", "no WebSocket route at this path"
+        if self.connections.shutting_down:
+            return "503 Service Unavailable", "the server is shutting down"
         reason = self.check(environ) if self.check else None
         return ("403 Forbidden", reason) if reason else None
 
@@ -150,6 +158,7 @@ class MediaStreamHandler(WebSocketHandler):
             if timeout is not self._request_deadline:
                 raise
             self.log_error("request not received within %g s; closed", seconds)
+            REFUSED_HANDSHAKES.labels("timeout").inc()
             return "408", REQUEST_TIMEOUT_RESPONSE
         finally:
             self._request_deadline.cancel()
@@ -181,6 +190,7 @@ class MediaStreamHandler(WebSocketHandler):
         return super().upgrade_websocket()
 
     def _refuse(self, status, reason):
+        REFUSED_HANDSHAKES.labels(REFUSAL_REASONS[status[:3]]).inc()
         log.warning(
             "[%s] WebSocket handshake refused (%s): %s",
             client_address(self.environ),
@@ -215,8 +225,11 @@ class ConnectionEnded(BaseException):
 class OpenConnections(set):
     """Every Connection being served, so that a shutdown can end them all at once."""
 
+    shutting_down = False
+
     def end_all(self, timeout=5):
         """End every open connection now, each with its summary, and wait for them."""
+        self.shutting_down = True
         log.info("shutting down: ending %d open streams", len(self))
         gevent.killall([connection.greenlet for connection in self], timeout=timeout)
 

@@ -1,0 +1,126 @@
+"""Prometheus metrics: what the server has done, for a metrics system to scrape at /metrics.
+
+Made with prometheus_client, the standard library for it. Under gunicorn each worker is a
+process of its own: gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR, every worker writes
+its figures there, and /metrics adds them up across workers.
+
+Only a metrics system may read them: with METRICS_TOKEN set, a request must carry it as
+`Authorization: Bearer <token>`; without it, only a request from this machine (loopback)
+that no proxy forwarded (ngrok adds X-Forwarded-For) gets them.
+"""
+
+import hmac
+import ipaddress
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+from mediastream.handlers import Handler
+from mediastream.messages import TRACKS
+
+disable_created_metrics()  # a *_created timestamp per series says nothing useful here
+
+OPEN_STREAMS = Gauge(
+    "mediastream_open_streams", "WebSocket connections being served", multiprocess_mode="livesum"
+)
+STREAMS_STARTED = Counter("mediastream_streams_started", "Streams that sent their start")
+STREAMS_ENDED = Counter("mediastream_streams_ended", "Streams ended, by how", ["ended_by"])
+MEDIA_MESSAGES = Counter("mediastream_media_messages", "Media messages received", ["track"])
+AUDIO_SECONDS = Counter("mediastream_audio_seconds", "Seconds of audio received", ["track"])
+MISSING_CHUNKS = Counter("mediastream_missing_chunks", "Chunks lost on the way", ["track"])
+MISSING_MESSAGES = Counter(
+    "mediastream_missing_sequence_numbers", "Messages lost on the way (sequence numbers)"
+)
+BAD_MESSAGES = Counter("mediastream_bad_messages", "Messages ignored as not Twilio's")
+REFUSED_HANDSHAKES = Counter(
+    "mediastream_refused_handshakes", "WebSocket handshakes refused, by reason", ["reason"]
+)
+RECORDING_FAILURES = Counter("mediastream_recording_failures", "Recordings stopped by an error")
+
+FLUSH_EVERY = 50  # media messages counted in the handler before they reach the metrics
+PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")
+
+
+class Metrics(Handler):
+    """A handler: each stream's figures into the metrics. Media is counted here and added
+    to the metrics every FLUSH_EVERY messages and at the end (a metric takes a lock)."""
+
+    may_block = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        OPEN_STREAMS.inc()
+        self.messages = dict.fromkeys(TRACKS, 0)
+        self.audio_bytes = dict.fromkeys(TRACKS, 0)
+        self.unflushed = 0
+
+    def start(self, stream, event):
+        STREAMS_STARTED.inc()
+
+    def media(self, stream, chunk):
+        self.messages[chunk.track] += 1
+        self.audio_bytes[chunk.track] += len(chunk.audio)
+        self.unflushed += 1
+        if self.unflushed >= FLUSH_EVERY:
+            self._flush(stream)
+
+    def gap(self, stream, event, lost_messages, lost_chunks):
+        if lost_messages:
+            MISSING_MESSAGES.inc(len(lost_messages))
+        if lost_chunks:
+            MISSING_CHUNKS.labels(event.track).inc(len(lost_chunks))
+
+    def bad_message(self, stream, problem):
+        BAD_MESSAGES.inc()
+
+    def end(self, stream, ended_by):
+        self._flush(stream)
+        OPEN_STREAMS.dec()
+        # "client close (1000)" -> "client close": a label per close code would be too many
+        STREAMS_ENDED.labels(ended_by.split(" (")[0]).inc()
+
+    def _flush(self, stream):
+        for track in TRACKS:
+            if self.messages[track]:
+                MEDIA_MESSAGES.labels(track).inc(self.messages[track])
+                AUDIO_SECONDS.labels(track).inc(self.audio_bytes[track] / stream.sample_rate)
+                self.messages[track] = self.audio_bytes[track] = 0
+        self.unflushed = 0
+
+
+def exposition(environ, config):
+    """/metrics: (body, status, headers), the metrics or why they are refused."""
+    refusal = _refusal(environ, config)
+    if refusal:
+        return f"{refusal}\n", 401 if config.metrics_token else 403, {"Content-Type": "text/plain"}
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # under gunicorn: every worker's figures
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+
+def _refusal(environ, config):
+    """Why a request may not read the metrics, or None."""
+    if config.metrics_token:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode()
+        if hmac.compare_digest(given, f"Bearer {config.metrics_token}".encode()):
+            return None
+        return "metrics need Authorization: Bearer <METRICS_TOKEN>"
+    try:
+        loopback = ipaddress.ip_address(environ.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback and not any(header in environ for header in PROXY_HEADERS):
+        return None
+    return "metrics are served to this machine only; set METRICS_TOKEN to scrape from elsewhere"
