@@ -34,6 +34,7 @@ from mediastream.recording import Recording
 from mediastream.security import signature_check
 from mediastream.speech import SpeechActivity
 from mediastream.stream import NOTHING_MISSING, MediaStream
+from mediastream.transcript import Transcript
 from mediastream.webhooks import status, twiml
 from mediastream.websocket import (
     Connection,
@@ -45,10 +46,10 @@ from mediastream.websocket import (
 )
 
 # What every stream gets: the console (first, so its summary comes last), its figures in
-# the metrics, WAV files when RECORDINGS_DIR is set, and who is speaking unless
-# SPEECH_ACTIVITY=off. Add your own handlers after these (see mediastream/handlers.py
-# and the README's "Build on it").
-DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity)
+# the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
+# SPEECH_ACTIVITY=off, and what is said when TRANSCRIBE is set. Add your own handlers
+# after these (see mediastream/handlers.py and the README's "Build on it").
+DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity, Transcript)
 
 
 def create_app(config=None, handlers=DEFAULT_HANDLERS):

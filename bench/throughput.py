@@ -54,11 +54,13 @@ def free_port():
 class Server:
     """A contestant in a child process, its console written to a file as a user's would be."""
 
-    def __init__(self, name, **environ):
+    def __init__(self, name, prefix=(), **environ):
+        """`prefix`: a command to run the server under (taskset, to pin it to a core)."""
         self.name = name
         self.port = free_port()
         self.console = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log")
         command, settings = SERVERS[name]
+        command = [*prefix, *command]
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **settings, **environ}
         self.process = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=self.console, stderr=subprocess.STDOUT

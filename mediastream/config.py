@@ -27,12 +27,14 @@ class Config:
     speech_activity: bool = True
     metrics_token: str | None = field(default=None, repr=False)  # a secret: never shown
     dial_number: str | None = None
+    transcribe: str | None = None
+    transcribe_backlog_seconds: float = 30.0
 
     @classmethod
     def from_environ(cls, environ=None):
         """Read the settings from `environ` (default: the process environment)."""
         environ = os.environ if environ is None else environ
-        return cls(
+        config = cls(
             host=environ.get("HOST") or cls.host,
             port=_port(environ.get("PORT")),
             log_level=_log_level(environ.get("LOG_LEVEL")),
@@ -52,7 +54,17 @@ class Config:
             speech_activity=_on_off(environ.get("SPEECH_ACTIVITY"), "SPEECH_ACTIVITY", True),
             metrics_token=environ.get("METRICS_TOKEN") or None,
             dial_number=(environ.get("DIAL_NUMBER") or "").strip() or None,
+            transcribe=(environ.get("TRANSCRIBE") or "").strip() or None,
+            transcribe_backlog_seconds=_positive(
+                environ.get("TRANSCRIBE_BACKLOG_SECONDS"),
+                "TRANSCRIBE_BACKLOG_SECONDS",
+                float,
+                cls.transcribe_backlog_seconds,
+            ),
         )
+        if config.transcribe and not config.speech_activity:
+            raise ConfigError("TRANSCRIBE needs SPEECH_ACTIVITY on: it cuts the utterances")
+        return config
 
 
 def _port(text):

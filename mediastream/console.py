@@ -44,8 +44,10 @@ def configure_logging(level, log_format="console"):
     root.handlers[:] = [handler]
     root.setLevel(level)
     startup.setLevel(logging.INFO)  # where it listens, what it records: always worth a line
-    # gevent-websocket logs each HTTP request at INFO; keep only its warnings.
+    # gevent-websocket logs each HTTP request at INFO, faster-whisper each utterance:
+    # keep only their warnings.
     logging.getLogger("geventwebsocket").setLevel(logging.WARNING)
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
 
 class Console(Handler):

@@ -45,6 +45,9 @@ REFUSED_HANDSHAKES = Counter(
     "mediastream_refused_handshakes", "WebSocket handshakes refused, by reason", ["reason"]
 )
 RECORDING_FAILURES = Counter("mediastream_recording_failures", "Recordings stopped by an error")
+TRANSCRIBED = Counter(
+    "mediastream_utterances", "Utterances transcribed, or skipped under load", ["outcome"]
+)
 
 FLUSH_EVERY = 50  # media messages counted in the handler before they reach the metrics
 PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")

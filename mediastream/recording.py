@@ -87,28 +87,22 @@ class Recording(Handler):
 
     def _open(self, stream, track_name):
         """A new file for the track, under a name no other file has."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         stem = f"{self.stream_sid}-{_safe_name(track_name)}"
-        for suffix in ["", *(f"-{number}" for number in range(2, MAX_SAME_NAME + 1))]:
-            path = self.directory / f"{stem}{suffix}.wav"
-            try:
-                track = self.tracks[track_name] = TrackFile(path)
-            except FileExistsError:
-                continue
-            if suffix:
-                stream.log.warning(
-                    "recording: %s.wav exists already; writing %s instead", stem, path.name
-                )
-            return track
-        raise FileExistsError(f"{MAX_SAME_NAME} files named {stem}*.wav exist already")
+        file, path = create_new(self.directory, stem)
+        if path.stem != stem:
+            stream.log.warning(
+                "recording: %s.wav exists already; writing %s instead", stem, path.name
+            )
+        track = self.tracks[track_name] = TrackFile(path, file)
+        return track
 
 
 class TrackFile:
     """One track's WAV file, kept valid on disk as it grows."""
 
-    def __init__(self, path):
+    def __init__(self, path, file):
         self.path = path
-        self.file = open(path, "xb", buffering=0)  # "x": never over another file
+        self.file = file
         self.file.write(wav_header(0))
         self.pending = bytearray()  # audio not yet written
         self.chunks = Numbering()
@@ -167,6 +161,20 @@ class TrackFile:
         if self.problem:
             return f"{self.path} INCOMPLETE: good to {seconds:.1f} s"
         return f"{self.path} ({seconds:.1f} s)"
+
+
+def create_new(directory, stem, extension=".wav", mode="wb"):
+    """(file, path) of a file made where no file was: `stem` + extension, or, when that
+    name is taken, stem-2, stem-3, ... (never over another file: mode "x")."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for suffix in ["", *(f"-{number}" for number in range(2, MAX_SAME_NAME + 1))]:
+        path = directory / f"{stem}{suffix}{extension}"
+        try:
+            return open(path, mode.replace("w", "x"), buffering=0 if "b" in mode else -1), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{MAX_SAME_NAME} files named {stem}*{extension} exist already")
 
 
 def wav_header(frames):

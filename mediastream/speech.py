@@ -35,6 +35,7 @@ class TrackSpeech:
 
     def __init__(self):
         self.turns = array("l")  # start, end frame of each finished turn (end exclusive)
+        self.last_turn = None  # (start, end) of the last finished turn
         self.finished_frames = 0  # the talk time of finished turns, in frames
         self.frames = 0  # frames seen so far, lost ones included: the track's length
         self._turn_start = None  # the first frame of the turn under way
@@ -45,6 +46,13 @@ class TrackSpeech:
     @property
     def speaking(self):
         return self._turn_start is not None
+
+    @property
+    def turn(self):
+        """(start, end) of the turn under way, so far; None between turns."""
+        if self._turn_start is None:
+            return None
+        return self._turn_start, self._turn_end()
 
     @property
     def talk_seconds(self):
@@ -83,6 +91,7 @@ class TrackSpeech:
         if self._turn_start is None:
             return
         end = self._turn_end()
+        self.last_turn = self._turn_start, end
         self.finished_frames += end - self._turn_start
         if len(self.turns) < 2 * MAX_TURNS:
             self.turns.extend((self._turn_start, end))
@@ -162,7 +171,7 @@ class SpeechActivity(Handler):
         stream.log.info("speech: %s", ", ".join(talk))
         frames, at = longest_silence(self.tracks.values())
         if at is not None:
-            stream.log.info("speech: longest silence %s at %s", _seconds(frames), _clock(at))
+            stream.log.info("speech: longest silence %s at %s", _seconds(frames), clock(at))
 
 
 def _seconds(frames):
@@ -177,7 +186,7 @@ def _share(part, whole):
     return f"{100 * part / whole:.0f}%" if whole else "0%"
 
 
-def _clock(frame):
+def clock(frame):
     """mm:ss.s into the stream."""
     minutes, seconds = divmod(frame * CHUNK_MS / 1000, 60)
     return f"{int(minutes):02d}:{seconds:04.1f}"
