@@ -77,6 +77,19 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
+def simulate(server, *arguments, timeout=60):
+    """Run `python simulate.py` against `server`; return its exit status and output."""
+    result = subprocess.run(
+        [sys.executable, "simulate.py", "--url", server.url + "/media", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "Traceback" not in result.stderr
+    return result.returncode, result.stdout + result.stderr
+
+
 def play(ws, call, media_per_track=10):
     """A call as Twilio streams it (connected, start, media on each track), without the end."""
     ws.send(call.connected())

@@ -10,7 +10,7 @@ import time
 import wave
 
 import pytest
-from conftest import REPO
+from conftest import REPO, simulate
 
 from mediastream import g711
 from mediastream.config import Config
@@ -19,19 +19,6 @@ from mediastream.recording import MAX_SILENCE_CHUNKS, Recording
 from mediastream.stream import MediaStream
 
 SAMPLES_PER_CHUNK = 160
-
-
-def simulate(server, *arguments, timeout=60):
-    """Run `python simulate.py` against `server`; return its exit status and output."""
-    result = subprocess.run(
-        [sys.executable, "simulate.py", "--url", server.url + "/media", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert "Traceback" not in result.stderr
-    return result.returncode, result.stdout + result.stderr
 
 
 def write_wav(path, pcm, rate=8000, channels=1, width=2):

@@ -2,11 +2,9 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, simulate
 
 from mediastream.speech import (
     HANGOVER_FRAMES,
@@ -102,26 +100,17 @@ def truth():
 
 
 def play_fixture(server):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "simulate.py",
-            "--url",
-            server.url + "/media",
-            "--tracks",
-            "both",
-            "--wav",
-            f"inbound={FIXTURES / 'call-inbound.wav'}",
-            "--wav",
-            f"outbound={FIXTURES / 'call-outbound.wav'}",
-            "--fast",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    status, report = simulate(
+        server,
+        "--tracks",
+        "both",
+        "--wav",
+        f"inbound={FIXTURES / 'call-inbound.wav'}",
+        "--wav",
+        f"outbound={FIXTURES / 'call-outbound.wav'}",
+        "--fast",
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert status == 0, report
 
 
 def test_talk_time_overtalk_and_silence_of_a_spoken_call(server):

@@ -8,13 +8,11 @@ import importlib.util
 import json
 import re
 import string
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, simulate
 
 from mediastream.transcript import (
     MAX_FRAMES,
@@ -95,21 +93,8 @@ def word_error_rate(reference, hypothesis):
 @pytest.mark.transcribe
 def test_the_sentences_appear_while_the_call_plays_and_are_right(start_server, tmp_path):
     server = start_server(TRANSCRIBE=model_directory(), RECORDINGS_DIR=str(tmp_path / "rec"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "simulate.py",
-            "--url",
-            server.url + "/media",
-            "--wav",
-            str(FIXTURES / "sentences.wav"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    status, report = simulate(server, "--wav", str(FIXTURES / "sentences.wav"))
+    assert status == 0, report
     server.wait_for(r"summary: ")
     lines = server.lines("inbound 0")
     heard = " ".join(re.search(r': "(.*)"$', line).group(1) for line in lines)
@@ -135,24 +120,10 @@ def test_the_sentences_appear_while_the_call_plays_and_are_right(start_server, t
 @pytest.mark.transcribe
 def test_past_the_backlog_utterances_are_skipped_and_the_call_goes_on(start_server):
     server = start_server(TRANSCRIBE=model_directory(), TRANSCRIBE_BACKLOG_SECONDS="1")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "simulate.py",
-            "--url",
-            server.url + "/media",
-            "--wav",
-            str(FIXTURES / "sentences.wav"),
-            "--fast",
-            "--calls",
-            "3",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    status, report = simulate(
+        server, "--wav", str(FIXTURES / "sentences.wav"), "--fast", "--calls", "3"
     )
-    assert result.returncode == 0
+    assert status == 0, report
     server.wait_for(r"(?s)summary: .*summary: .*summary: ")
     skipped = server.lines("skipping utterances (the call goes on)")
     assert 1 <= len(skipped) <= 3  # at most one a stream
