@@ -34,6 +34,7 @@ from mediastream.recording import Recording
 from mediastream.security import signature_check
 from mediastream.speech import SpeechActivity
 from mediastream.stream import NOTHING_MISSING, MediaStream
+from mediastream.talkback import Echo, Talkback
 from mediastream.transcript import Transcript
 from mediastream.webhooks import status, twiml
 from mediastream.websocket import (
@@ -47,9 +48,10 @@ from mediastream.websocket import (
 
 # What every stream gets: the console (first, so its summary comes last), its figures in
 # the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
-# SPEECH_ACTIVITY=off, and what is said when TRANSCRIBE is set. Add your own handlers
-# after these (see mediastream/handlers.py and the README's "Build on it").
-DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity, Transcript)
+# SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set, and the caller's echo when
+# the TwiML asks for it (mode=echo). Add your own handlers after these (see
+# mediastream/handlers.py and the README's "Build on it").
+DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity, Transcript, Echo)
 
 
 def create_app(config=None, handlers=DEFAULT_HANDLERS):
@@ -72,6 +74,7 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
         stream = MediaStream(client_address(ws.environ))
         stream_handlers = StreamHandlers(stream, factories, config)
         connection = Connection(ws, stream.log, config.max_message_bytes, config.idle_timeout)
+        stream.talkback = Talkback(stream, connection.send_text)
         with connection:
             connections.add(connection)
             # A connection that never says which stream it is would only hold a socket open.
@@ -138,6 +141,7 @@ def receive(stream, handlers, message):
         case Dtmf():
             handlers.dtmf(event)
         case Mark():
+            event.played = stream.talkback.echoed(event.name)
             handlers.mark(event)
         case Stop():
             stream.stopped = True

@@ -64,7 +64,10 @@ class Console(Handler):
         stream.log.info("connected: protocol %s %s", event.protocol, event.version)
 
     def start(self, stream, event):
-        stream.log.info("start: stream %s from %s", event.stream_sid, stream.client)
+        direction = f"bidirectional, mode {stream.mode}" if stream.bidirectional else "one-way"
+        stream.log.info(
+            "start: stream %s from %s (%s)", event.stream_sid, stream.client, cut(direction, 30)
+        )
         stream.log.info(
             "call %s: tracks %s, %s %d Hz %d ch",
             event.call_sid,
@@ -89,7 +92,9 @@ class Console(Handler):
                 len(chunk.audio),
             )
         if stream.progress_due():
-            stream.log.info("media: %s", _audio_per_track(stream))
+            sent = stream.talkback.seconds_sent if stream.bidirectional else None
+            sent = f"; sent back {sent:.1f} s" if sent is not None else ""
+            stream.log.info("media: %s%s", _audio_per_track(stream), sent)
 
     def gap(self, stream, event, lost_messages, lost_chunks):
         """One warning per hole in the numbering: messages Twilio sent that never arrived.
@@ -123,7 +128,8 @@ class Console(Handler):
         stream.log.info("dtmf: digit %s (%s)", event.digit, event.track)
 
     def mark(self, stream, event):
-        stream.log.info("mark: %s", cut(event.name, LINE - len("mark: ")))
+        heard = {True: " played", False: " cleared before it played", None: ""}[event.played]
+        stream.log.info("mark: %s%s", cut(event.name, LINE - 32), heard)
 
     def stop(self, stream, event):
         stream.log.info("stop: call %s", event.call_sid or stream.call_sid)
@@ -134,6 +140,16 @@ class Console(Handler):
     def end(self, stream, ended_by):
         """The lines every stream ends with, however it ended; `summary:` is the last."""
         stream.log.info("received: %s", _media_per_track(stream))
+        if stream.bidirectional:
+            talkback = stream.talkback
+            stream.log.info(
+                "sent back: %.1f s of audio; marks: %d sent, %d played, %d cleared; %s",
+                talkback.seconds_sent,
+                talkback.marks_sent,
+                talkback.marks_played,
+                talkback.marks_cleared,
+                _count(talkback.clears, "clear"),
+            )
         stream.log.info(
             "gaps: %s, %s; bad messages: %d",
             _count(stream.missing_chunks, "missing chunk"),

@@ -92,11 +92,15 @@ class Dtmf:
 
 @dataclass(slots=True)
 class Mark:
-    """A mark the server sent (bidirectional streams) has been played, or cleared."""
+    """A mark the server sent (bidirectional streams) has been played, or cleared.
+
+    `played` (set by the stream, see talkback.py): True if the audio before it played,
+    False if a clear released it unplayed, None if the server sent no such mark."""
 
     stream_sid: str | None
     sequence: int | None
     name: str
+    played: bool | None = None
 
 
 @dataclass(slots=True)

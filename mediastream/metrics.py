@@ -45,6 +45,7 @@ REFUSED_HANDSHAKES = Counter(
     "mediastream_refused_handshakes", "WebSocket handshakes refused, by reason", ["reason"]
 )
 RECORDING_FAILURES = Counter("mediastream_recording_failures", "Recordings stopped by an error")
+AUDIO_SENT_SECONDS = Counter("mediastream_audio_sent_seconds", "Seconds of audio sent back")
 TRANSCRIBED = Counter(
     "mediastream_utterances", "Utterances transcribed, or skipped under load", ["outcome"]
 )
@@ -87,6 +88,8 @@ class Metrics(Handler):
 
     def end(self, stream, ended_by):
         self._flush(stream)
+        if stream.talkback is not None and stream.talkback.seconds_sent:
+            AUDIO_SENT_SECONDS.inc(stream.talkback.seconds_sent)
         OPEN_STREAMS.dec()
         # "client close (1000)" -> "client close": a label per close code would be too many
         STREAMS_ENDED.labels(ended_by.split(" (")[0]).inc()

@@ -78,6 +78,8 @@ class MediaStream:
         self.sequence_numbers = Numbering()
         self.bad_messages = 0
         self.stopped = False
+        self.mode = None  # the TwiML's "mode" parameter: a bidirectional stream has one
+        self.talkback = None  # the way back to Twilio (talkback.Talkback), set by the route
         self.handler_problems = {}  # handler name -> what went wrong, for the summary
         self.log = StreamLog(self)
         self._clock = clock
@@ -100,8 +102,14 @@ class MediaStream:
         if event.stream_sid is not None and event.stream_sid != self.stream_sid:
             raise BadMessage(f"names stream {event.stream_sid}, not this connection's")
 
+    @property
+    def bidirectional(self):
+        """As the TwiML declared it (Twilio's messages do not say): a `mode` parameter."""
+        return self.mode is not None
+
     def start(self, start):
         self.stream_sid = start.stream_sid
+        self.mode = start.custom_parameters.get("mode")
         self.call_sid = start.call_sid
         self.sample_rate = start.sample_rate * start.channels or self.sample_rate
         for track in start.tracks:

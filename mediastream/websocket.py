@@ -23,6 +23,8 @@ import time
 import flask_sockets
 import gevent
 from gevent import GreenletExit, pywsgi
+from gevent.lock import Semaphore
+from gevent.queue import Queue
 from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 from werkzeug.exceptions import HTTPException, NotFound
@@ -255,6 +257,8 @@ class Connection:
         self._buffer = b""
         self._offset = 0
         self._deadlines = []
+        self._outbox = None  # text for the peer, and the greenlet that writes it, once used
+        self._writing = Semaphore()  # one frame at a time on the socket
         self.ended_by = None
         # A stream that goes silent is ended: each read notes the time (the event loop's,
         # which costs nothing), and a timer looks at it four times per idle_timeout.
@@ -282,6 +286,8 @@ class Connection:
         elif error is not None:  # a bug of ours: say so, and still end the stream properly
             self.log.error("internal error", exc_info=(kind, error, traceback))
             self._end("internal error", None, CLOSE_INTERNAL_ERROR)
+        if self._outbox is not None:  # after the close frame, which waits for its frame
+            self._writer.kill(block=False)
         return True
 
     def messages(self):
@@ -323,12 +329,33 @@ class Connection:
             self.close(close_code)
         self.ws.closed = True  # nothing more is sent; the handler closes the socket
 
+    def send_text(self, text):
+        """Queue a text message for the peer: a greenlet of the connection's writes it,
+        so that the reading greenlet never waits on a slow peer."""
+        if self._outbox is None:
+            self._outbox = Queue()
+            self._writer = gevent.spawn(self._write_outbox)
+        self._outbox.put(text)
+
+    def _write_outbox(self):
+        for text in self._outbox:
+            if self.ws.closed:
+                return
+            try:
+                self._write(text, OPCODE_TEXT)  # gevent-websocket encodes text itself
+            except (WebSocketError, OSError):
+                return  # the peer has gone; the reader finds out and ends the stream
+
+    def _write(self, payload, opcode):
+        with self._writing:
+            self.ws.send_frame(payload, opcode)
+
     def close(self, code, reason=""):
         """Send a close frame with `code` (unless the connection is closed already)."""
         if self.ws.closed:
             return
         try:
-            self.ws.send_frame(struct.pack("!H", code) + reason.encode(), OPCODE_CLOSE)
+            self._write(struct.pack("!H", code) + reason.encode(), OPCODE_CLOSE)
         except WebSocketError:
             pass  # the peer has gone already; nothing to tell it
 
@@ -429,7 +456,7 @@ class Connection:
 
     def _on_control_frame(self, opcode, payload):
         if opcode == OPCODE_PING:
-            self.ws.send_frame(payload, OPCODE_PONG)
+            self._write(payload, OPCODE_PONG)
         elif opcode == OPCODE_CLOSE:
             code = _close_code(payload)
             self.close(CLOSE_NORMAL)

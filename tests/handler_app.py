@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import DEFAULT_HANDLERS, main  # noqa: E402
 from mediastream.handlers import Handler  # noqa: E402
+from mediastream.simulator import tone  # noqa: E402
 
 
 class Recorder(Handler):
@@ -71,6 +72,19 @@ class BrokenInline(Broken):
     """The same, running on the reading greenlet."""
 
     may_block = False
+
+
+class Talker(Handler):
+    """Says 0.1 s of tone and marks it; at a key, says more, marks it, and clears."""
+
+    def start(self, stream, event):
+        stream.talkback.audio(pcm=tone(0.1))
+        stream.talkback.mark("greeting")
+
+    def dtmf(self, stream, event):
+        stream.talkback.audio(pcm=tone(0.1))
+        stream.talkback.mark("second")
+        stream.talkback.clear()
 
 
 class Unmakeable(Handler):

@@ -36,7 +36,7 @@ def test_whole_call_with_both_tracks_dtmf_mark_and_parameters(server):
     assert [line.split(" ", 1)[1] for line in lines] == [
         f"INFO    [{client}] connection opened",
         f"INFO    [{client}] connected: protocol Call 1.0.0",
-        f"INFO    [{call.tag}] start: stream {call.stream_sid} from {client}",
+        f"INFO    [{call.tag}] start: stream {call.stream_sid} from {client} (one-way)",
         f"INFO    [{call.tag}] call {call.call_sid}: tracks inbound+outbound, "
         "audio/x-mulaw 8000 Hz 1 ch",
         f"INFO    [{call.tag}] parameters: caller=Alice, topic=x",
