@@ -5,14 +5,18 @@ python simulate.py --calls 20 --tracks both --dtmf 42 --mark greeting
 python simulate.py --wav hello.wav          a recording (8000 Hz mono 16-bit PCM WAV)
 python simulate.py --tracks both --wav inbound=caller.wav --wav outbound=agent.wav
 python simulate.py --fast --calls 100       flat out, for load tests
+python simulate.py --param mode=echo --output heard.wav   talk back: what the caller hears
 """
 
 import argparse
 import os
 import sys
 import time
+import wave
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from mediastream import g711
 from mediastream.simulator import Plan, mulaw_chunks, read_wav, run, tone
 
 TRACKS = {"inbound": ("inbound",), "outbound": ("outbound",), "both": ("inbound", "outbound")}
@@ -72,6 +76,19 @@ def parse_arguments(argv):
         help="number chunk CHUNK of each track but never send it, as a lost message (repeatable)",
     )
     parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write what the caller heard (the server's audio, played out as Twilio does) "
+        "to this WAV file; with several calls, FILE-2.wav, ...",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="after the stop, go on hearing the server for S seconds before closing (default: 0.5)",
+    )
+    parser.add_argument(
         "--auth-token",
         default=os.environ.get("TWILIO_AUTH_TOKEN"),
         help="sign the handshake with this auth token (default: $TWILIO_AUTH_TOKEN)",
@@ -125,6 +142,7 @@ def plan_from(arguments):
         realtime=not arguments.fast,
         auth_token=arguments.auth_token,
         signed_url=arguments.signed_url,
+        linger=arguments.linger,
     )
 
 
@@ -160,7 +178,21 @@ def main(argv=None):
     counter.clear()
     for line in report.lines():
         print(line)
+    if arguments.output:
+        write_heard(arguments.output, report.results)
     return 1 if report.failures else 0
+
+
+def write_heard(output, results):
+    """Each call's heard audio as a WAV: `output`, then output-2.wav, ..."""
+    path = Path(output)
+    for number, result in enumerate(results, 1):
+        name = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
+        with wave.open(str(name), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(8000)
+            wav.writeframes(g711.decode(result.heard))
 
 
 if __name__ == "__main__":

@@ -2,29 +2,37 @@
 
 `python simulate.py` is its command line. A call is: a WebSocket handshake (signed
 with X-Twilio-Signature when given an auth token), then connected, start, media in
-20 ms chunks of 160 bytes of mu-law per track, dtmf, mark, stop, and a close.
+20 ms chunks of 160 bytes of mu-law per track, dtmf, mark, stop, and a close. It also
+plays Twilio's side of what the server sends back (TwilioSide): on a bidirectional
+stream (a `mode` custom parameter, as our TwiML declares it) the audio is played out in
+real time, marks are echoed when their audio has played, clear drops what is buffered;
+what Twilio would reject is noted with Twilio's error.
 """
 
 import base64
+import binascii
 import json
 import math
 import os
+import statistics
 import struct
 import time
 import uuid
 import wave
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import gevent
 from gevent import socket, ssl
+from gevent.lock import Semaphore
 from twilio.request_validator import RequestValidator
 
 from mediastream import g711
-from mediastream.websocket import OPCODE_CLOSE, OPCODE_TEXT, unmask
+from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS
+from mediastream.websocket import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, unmask
 
-CHUNK_SAMPLES = 160  # 20 ms at 8000 Hz
-CHUNK_SECONDS = 0.02
+SILENT_CHUNK = bytes([g711.SILENCE]) * g711.CHUNK_SAMPLES
 
 
 def new_sid(prefix):
@@ -172,6 +180,9 @@ class CallResult:
     stream_sid: str
     messages: int = 0
     failure: str | None = None
+    heard: bytes = b""  # what the caller heard (mu-law), on a bidirectional stream
+    rejections: list = field(default_factory=list)  # what Twilio would have rejected
+    latencies: list = field(default_factory=list)  # seconds from a chunk sent to its echo
 
 
 @dataclass
@@ -188,6 +199,7 @@ class Plan:
     realtime: bool = True
     auth_token: str | None = None
     signed_url: str | None = None
+    linger: float = 0.0  # on a bidirectional call: how long to hear the server after the stop
 
 
 def play_call(plan, progress=None):
@@ -202,31 +214,45 @@ def play_call(plan, progress=None):
     except OSError as error:
         result.failure = f"failed to connect: {error}"
         return result
-    closed_by_server = gevent.spawn(_wait_for_close, sock)
+    writing = Semaphore()  # the call's messages and the echoed marks share the socket
+
+    def send(text):
+        with writing:
+            sock.sendall(encode_frame(text.encode()))
+
+    twilio = TwilioSide(call, "mode" in plan.parameters, send)
+    closed_by_server = gevent.spawn(twilio.run, sock)
     try:
-        for message in _messages(call, plan):
+        for message in _messages(call, plan, twilio.sending):
             if closed_by_server.ready():
                 result.failure = f"closed by the server ({closed_by_server.value})"
                 break
             if message is None:  # a pause for real-time pacing
                 continue
-            sock.sendall(encode_frame(message.encode()))
+            send(message)
             result.messages += 1
             if progress:
                 progress()
         else:
-            sock.sendall(encode_frame(struct.pack("!H", 1000), OPCODE_CLOSE))
+            if twilio.bidirectional:
+                gevent.sleep(plan.linger)  # what the server says last, heard out
+            with writing:
+                sock.sendall(encode_frame(struct.pack("!H", 1000), OPCODE_CLOSE))
             closed_by_server.join(timeout=5)
     except OSError as error:
         result.failure = f"connection lost: {error}"
     finally:
         closed_by_server.kill()
         sock.close()
+    result.heard = bytes(twilio.heard)
+    result.rejections = twilio.rejections
+    result.latencies = twilio.latencies
     return result
 
 
-def _messages(call, plan):
-    """The call's messages in order; None where real-time pacing waits."""
+def _messages(call, plan, sending):
+    """The call's messages in order; None where real-time pacing waits. `sending` is
+    told of each inbound chunk as it goes."""
     yield call.connected()
     yield call.start()
     count = len(next(iter(plan.chunks.values())))
@@ -239,6 +265,8 @@ def _messages(call, plan):
             if n + 1 in plan.lose:
                 call.lose_media(track)
             else:
+                if track == "inbound":
+                    sending(plan.chunks[track][n])
                 yield call.media(track, plan.chunks[track][n])
         if n in dtmf_at:
             yield call.dtmf(dtmf_at[n])
@@ -267,6 +295,7 @@ def connect(url, headers):
     secure = parts.scheme == "wss"
     port = parts.port or (443 if secure else 80)
     sock = socket.create_connection((parts.hostname, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # each message at once
     if secure:
         sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -296,21 +325,116 @@ def connect(url, headers):
     return sock
 
 
-def _wait_for_close(sock):
-    """Read what the server sends until its close frame; return the close code."""
+def server_frames(sock):
+    """(opcode, payload) of each frame the server sends (unmasked, RFC 6455), until the
+    connection closes."""
     received = b""
     while True:
-        data = sock.recv(4096)
+        data = sock.recv(65536)
         if not data:
-            return "connection closed"
+            return
         received += data
         while len(received) >= 2:
-            opcode, length = received[0] & 0x0F, received[1] & 0x7F
-            if len(received) < 2 + length:
+            opcode, length, start = received[0] & 0x0F, received[1] & 0x7F, 2
+            if length == 126:
+                length, start = int.from_bytes(received[2:4], "big"), 4
+            elif length == 127:
+                length, start = int.from_bytes(received[2:10], "big"), 10
+            if len(received) < start + length:
                 break
-            payload, received = received[2 : 2 + length], received[2 + length :]
-            if opcode == OPCODE_CLOSE:
-                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            yield opcode, received[start : start + length]
+            received = received[start + length :]
+
+
+class TwilioSide:
+    """Twilio's side of a stream: what it does with what the server sends, as documented.
+
+    On a bidirectional stream the server's audio is buffered and played out in real time,
+    50 chunks a second, into `heard` (what the caller hears, silence when nothing is
+    buffered); each mark is echoed once the audio queued before it has played; a clear
+    drops the buffered audio and echoes the pending marks at once. What Twilio rejects is
+    noted with the error it would report: 31950 for a binary frame, 31951 for a message
+    that is not JSON, has an unknown event, lacks a field, names another stream or has a
+    payload that is not base64, and 31924 for anything sent on a one-way stream."""
+
+    def __init__(self, call, bidirectional, send):
+        self.call = call
+        self.bidirectional = bidirectional
+        self.send = send
+        self.buffer = deque()  # mu-law chunks, and ("mark", name), in order
+        self.heard = bytearray()
+        self.rejections = []
+        self.sent_at = {}  # inbound chunk -> when it was sent, to time its echo
+        self.latencies = []
+
+    def sending(self, chunk):
+        self.sent_at.setdefault(chunk, time.monotonic())
+
+    def run(self, sock):
+        """Take the server's frames until its close frame; return the close code."""
+        player = gevent.spawn(self._play) if self.bidirectional else None
+        try:
+            for opcode, payload in server_frames(sock):
+                if opcode == OPCODE_CLOSE:
+                    return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self._receive(opcode, payload)
+            return "connection closed"
+        finally:
+            if player:
+                player.kill()
+
+    def _receive(self, opcode, payload):
+        if opcode == OPCODE_BINARY:
+            return self._reject(31950, "a binary frame")
+        if opcode != OPCODE_TEXT:
+            return None  # ping, pong
+        if not self.bidirectional:
+            return self._reject(31924, "a message on a one-way stream")
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return self._reject(31951, "not JSON")
+        event = message.get("event") if isinstance(message, dict) else None
+        if event not in ("media", "mark", "clear"):
+            return self._reject(31951, f"unknown event {str(event)[:40]!r}")
+        if message.get("streamSid") != self.call.stream_sid:
+            return self._reject(31951, f"{event} with a missing or wrong streamSid")
+        body = message.get(event, {})
+        if event == "media":
+            try:
+                audio = base64.b64decode(body["payload"], validate=True)
+            except (KeyError, TypeError, ValueError, binascii.Error):
+                return self._reject(31951, "media without a base64 payload")
+            sent = self.sent_at.pop(audio, None)
+            if sent is not None:
+                self.latencies.append(time.monotonic() - sent)
+            self.buffer.extend(
+                audio[n : n + CHUNK_SAMPLES] for n in range(0, len(audio), CHUNK_SAMPLES)
+            )
+        elif event == "mark":
+            name = body.get("name") if isinstance(body, dict) else None
+            if not isinstance(name, str):
+                return self._reject(31951, "mark without a name")
+            self.buffer.append(("mark", name))
+        else:  # clear: what is buffered is never heard, and its marks come back now
+            marks = [item[1] for item in self.buffer if isinstance(item, tuple)]
+            self.buffer.clear()
+            for name in marks:
+                self.send(self.call.mark(name))
+        return None
+
+    def _play(self):
+        """Play the buffer out in real time; echo marks as their audio has played."""
+        started, played = time.monotonic(), 0
+        while True:
+            while self.buffer and isinstance(self.buffer[0], tuple):
+                self.send(self.call.mark(self.buffer.popleft()[1]))
+            self.heard += self.buffer.popleft() if self.buffer else SILENT_CHUNK
+            played += 1
+            gevent.sleep(max(0.0, started + played * CHUNK_SECONDS - time.monotonic()))
+
+    def _reject(self, error, what):
+        self.rejections.append(f"Twilio would reject {what} (error {error})")
 
 
 # Many calls --------------------------------------------------------------------------
@@ -340,6 +464,16 @@ class Report:
         for number, result in enumerate(self.results, 1):
             if result.failure:
                 yield f"  call {number} ({result.stream_sid}): {result.failure}"
+            for rejection in sorted(set(result.rejections)):
+                count = result.rejections.count(rejection)
+                yield f"  call {number} ({result.stream_sid}): {rejection}, {count}x"
+        latencies = sorted(s for result in self.results for s in result.latencies)
+        if latencies:
+            median, worst = 1000 * statistics.median(latencies), 1000 * latencies[-1]
+            yield (
+                f"echo round trip (a chunk sent to its audio back): median {median:.1f} ms, "
+                f"worst {worst:.1f} ms, {len(latencies)} chunks"
+            )
 
 
 def run(plan, calls, progress=None):

@@ -17,6 +17,7 @@
 import errno
 import logging
 import resource
+import socket
 import struct
 import time
 
@@ -150,6 +151,13 @@ class MediaStreamHandler(WebSocketHandler):
     """gevent-websocket's handler, refusing handshakes the app would not serve, and
     requests (handshakes) not received in full within START_TIMEOUT of their start,
     however slowly a client trickles them."""
+
+    def handle(self):
+        # Small messages both ways, each wanted at once: without this, Nagle's algorithm
+        # holds each message sent back until the peer acknowledges the last one (a whole
+        # 20 ms media tick later, when the ack rides on its next message).
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle()
 
     def handle_one_request(self):
         seconds = self.server.application.config["MEDIASTREAM"].start_timeout

@@ -2,13 +2,15 @@
 
 import base64
 import json
+import time
 
+import gevent
 import pytest
 import websocket
 from conftest import play
 
 from mediastream import g711
-from mediastream.simulator import TwilioCall, tone
+from mediastream.simulator import Plan, TwilioCall, TwilioSide, play_call, tone
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +87,105 @@ def test_echo_returns_the_callers_audio_exactly_and_in_order(server):
     ws.send(call.stop())
     ws.close()
     assert "sent back: 0.8 s of audio" in server.summary(call)
+
+
+# The simulator as Twilio ---------------------------------------------------------------
+
+
+class Sent(list):
+    """What TwilioSide sends back to the server (marks), with when."""
+
+    def __call__(self, text):
+        self.append((time.monotonic(), json.loads(text)))
+
+
+def twilio_side(bidirectional=True):
+    call = TwilioCall(parameters={"mode": "x"})
+    sent = Sent()
+    return TwilioSide(call, bidirectional, sent), call, sent
+
+
+def server_says(side, call, event, **body):
+    message = {"event": event, "streamSid": call.stream_sid, **body}
+    side._receive(websocket.ABNF.OPCODE_TEXT, json.dumps(message).encode())
+
+
+def media(audio):
+    return {"media": {"payload": base64.b64encode(audio).decode()}}
+
+
+def test_a_mark_comes_back_once_the_audio_before_it_has_played():
+    side, call, sent = twilio_side()
+    server_says(side, call, "media", **media(bytes(160 * 10)))  # 200 ms
+    server_says(side, call, "mark", mark={"name": "end"})
+    started = time.monotonic()
+    player = gevent.spawn(side._play)
+    gevent.sleep(0.3)
+    player.kill()
+    ((at, mark),) = sent
+    assert mark["event"] == "mark" and mark["mark"]["name"] == "end"
+    assert 0.19 <= at - started <= 0.25  # after ten 20 ms chunks played, by its clock
+    assert bytes(side.heard[: 160 * 10]) == bytes(160 * 10)
+
+
+def test_clear_drops_the_buffer_and_returns_pending_marks_at_once():
+    side, call, sent = twilio_side()
+    server_says(side, call, "media", **media(b"\x01" * 160 * 100))  # 2 s buffered
+    server_says(side, call, "mark", mark={"name": "a"})
+    server_says(side, call, "media", **media(b"\x02" * 160 * 100))
+    server_says(side, call, "mark", mark={"name": "b"})
+    player = gevent.spawn(side._play)
+    gevent.sleep(0.1)
+    server_says(side, call, "clear")
+    assert [message["mark"]["name"] for _, message in sent] == ["a", "b"]  # at once
+    gevent.sleep(0.1)
+    player.kill()
+    assert b"\x01" in side.heard and b"\x02" not in side.heard
+    assert side.heard.endswith(bytes([g711.SILENCE]) * 160 * 3)  # playback stopped
+
+
+@pytest.mark.parametrize(
+    "frame, error",
+    [
+        ("not json", "not JSON (error 31951)"),
+        ('{"event": "play"}', "unknown event 'play' (error 31951)"),
+        ('{"event": "clear"}', "clear with a missing or wrong streamSid (error 31951)"),
+        ("MEDIA_BAD_BASE64", "media without a base64 payload (error 31951)"),
+        (b"\x00\x01", "a binary frame (error 31950)"),
+    ],
+)
+def test_what_twilio_rejects_is_noted_with_its_error(frame, error):
+    side, call, _ = twilio_side()
+    if frame == "MEDIA_BAD_BASE64":
+        frame = json.dumps(
+            {"event": "media", "streamSid": call.stream_sid, "media": {"payload": "%%"}}
+        )
+    if isinstance(frame, bytes):
+        side._receive(websocket.ABNF.OPCODE_BINARY, frame)
+    else:
+        side._receive(websocket.ABNF.OPCODE_TEXT, frame.encode())
+    assert side.rejections == [f"Twilio would reject {error}"]
+    one_way, call, _ = twilio_side(bidirectional=False)
+    server_says(one_way, call, "clear")
+    assert one_way.rejections == ["Twilio would reject a message on a one-way stream (error 31924)"]
+
+
+def test_fifty_echo_calls_each_hear_only_themselves(server):
+    def own_audio(n):
+        return [bytes([n, k]) * 80 for k in range(50)]  # 1 s, unlike any other call's
+
+    plans = [
+        Plan(
+            url=server.url + "/media",
+            chunks={"inbound": own_audio(n)},
+            parameters={"mode": "echo"},
+            linger=0.3,
+        )
+        for n in range(50)
+    ]
+    results = [greenlet.get() for greenlet in [gevent.spawn(play_call, plan) for plan in plans]]
+    for n, result in enumerate(results):
+        assert result.failure is None and result.rejections == []
+        heard = result.heard.lstrip(bytes([g711.SILENCE]))  # before the first echo: silence
+        assert heard[: 50 * 160] == b"".join(own_audio(n))  # exact, in order, and only its own
+        assert len(result.latencies) == 50
