@@ -34,7 +34,7 @@ from mediastream.recording import Recording
 from mediastream.security import signature_check
 from mediastream.speech import SpeechActivity
 from mediastream.stream import NOTHING_MISSING, MediaStream
-from mediastream.talkback import Echo, Talkback
+from mediastream.talkback import Echo, Prompt, Talkback
 from mediastream.transcript import Transcript
 from mediastream.webhooks import status, twiml
 from mediastream.websocket import (
@@ -48,10 +48,10 @@ from mediastream.websocket import (
 
 # What every stream gets: the console (first, so its summary comes last), its figures in
 # the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
-# SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set, and the caller's echo when
-# the TwiML asks for it (mode=echo). Add your own handlers after these (see
-# mediastream/handlers.py and the README's "Build on it").
-DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity, Transcript, Echo)
+# SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set, and, when the TwiML asks for
+# it, the caller's echo (mode=echo) or a greeting they can talk over (mode=prompt). Add
+# your own handlers after these (see mediastream/handlers.py and the README's "Build on it").
+DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity, Transcript, Echo, Prompt)
 
 
 def create_app(config=None, handlers=DEFAULT_HANDLERS):

@@ -23,6 +23,9 @@ clear (Twilio echoes those too, at once: they were not heard).
 """
 
 import base64
+import functools
+import wave
+from pathlib import Path
 
 import orjson
 
@@ -114,3 +117,49 @@ class Echo(Handler):
     def media(self, stream, chunk):
         if stream.mode == "echo" and chunk.track == "inbound":
             stream.talkback.audio(mulaw=chunk.audio)
+
+
+class Prompt(Handler):
+    """A handler: on a stream whose TwiML says mode=prompt, the caller hears a greeting
+    (greeting.wav), marked at its end; if they talk over it (speech activity sees them
+    start a turn while it plays), it is cleared: barge-in, so that a caller never has to
+    listen to a bot's buffered audio for seconds."""
+
+    may_block = False
+    MARK = "prompt-end"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.playing = False
+        self.started = 0  # the inbound frame the prompt started at
+
+    def start(self, stream, event):
+        if stream.mode == "prompt":
+            self.playing = stream.talkback.audio(pcm=greeting()) and stream.talkback.mark(self.MARK)
+
+    def media(self, stream, chunk):
+        if not self.playing or chunk.track != "inbound":
+            return
+        if not self.started:
+            self.started = chunk.chunk
+        speech = stream.tracks["inbound"].speech
+        if speech is not None and speech.turn is not None:  # the caller talks over it
+            stream.talkback.clear()
+            self.playing = False
+            began = speech.turn[0] + 1  # the chunk their speech began with
+            stream.log.info(
+                "barge-in: the caller spoke %.2f s into the prompt; cleared %d ms later",
+                (began - self.started) * g711.CHUNK_SECONDS,
+                (chunk.chunk - began) * g711.CHUNK_MS,
+            )
+
+    def mark(self, stream, event):
+        if event.name == self.MARK:
+            self.playing = False
+
+
+@functools.cache
+def greeting():
+    """The prompt's audio: 16-bit PCM, 8000 Hz, mono."""
+    with wave.open(str(Path(__file__).with_name("greeting.wav"))) as wav:
+        return wav.readframes(wav.getnframes())

@@ -1,5 +1,6 @@
 """The README's examples, run as they are written there."""
 
+import json
 import re
 
 from conftest import FIXTURES, REPO
@@ -38,3 +39,21 @@ def test_the_build_on_it_example_logs_keys_and_keeps_the_callers_audio(start_ser
     saved = tmp_path / f"{call.stream_sid}-caller.pcm"
     assert server.lines(f"[{call.tag}] caller's audio in {saved.name}")
     assert saved.read_bytes() == g711.decode(b"".join(caller))
+
+
+def test_the_talk_back_example_beeps_for_each_key(start_server, tmp_path):
+    (tmp_path / "beeper.py").write_text(readme_example("## Talk back: bidirectional streams"))
+    server = start_server(command=("beeper.py",), cwd=tmp_path, PYTHONPATH=str(REPO))
+    call = TwilioCall(parameters={"mode": "beeper"})
+    ws = server.connect()
+    ws.send(call.connected())
+    ws.send(call.start())
+    ws.send(call.dtmf("5"))
+    ws.settimeout(5)
+    beep = [json.loads(ws.recv()) for _ in range(11)]  # 0.2 s: ten chunks, then the mark
+    assert [message["event"] for message in beep] == ["media"] * 10 + ["mark"]
+    ws.send(call.mark(beep[-1]["mark"]["name"]))  # as Twilio: played
+    ws.send(call.stop())
+    ws.close()
+    server.summary(call)
+    assert server.lines(f"[{call.tag}] beep 5 heard")

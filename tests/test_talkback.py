@@ -7,10 +7,19 @@ import time
 import gevent
 import pytest
 import websocket
-from conftest import play
+from conftest import FIXTURES, play
 
 from mediastream import g711
-from mediastream.simulator import Plan, TwilioCall, TwilioSide, play_call, tone
+from mediastream.simulator import (
+    Plan,
+    TwilioCall,
+    TwilioSide,
+    mulaw_chunks,
+    play_call,
+    read_wav,
+    tone,
+)
+from mediastream.talkback import greeting
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +179,12 @@ def test_what_twilio_rejects_is_noted_with_its_error(frame, error):
     assert one_way.rejections == ["Twilio would reject a message on a one-way stream (error 31924)"]
 
 
+def heard_chunks(heard):
+    """Where the 20 ms chunks the caller heard something in start (bytes)."""
+    silence = bytes([g711.SILENCE]) * 160
+    return [160 * n for n in range(len(heard) // 160) if heard[n * 160 : (n + 1) * 160] != silence]
+
+
 def test_fifty_echo_calls_each_hear_only_themselves(server):
     def own_audio(n):
         return [bytes([n, k]) * 80 for k in range(50)]  # 1 s, unlike any other call's
@@ -186,6 +201,47 @@ def test_fifty_echo_calls_each_hear_only_themselves(server):
     results = [greenlet.get() for greenlet in [gevent.spawn(play_call, plan) for plan in plans]]
     for n, result in enumerate(results):
         assert result.failure is None and result.rejections == []
-        heard = result.heard.lstrip(bytes([g711.SILENCE]))  # before the first echo: silence
-        assert heard[: 50 * 160] == b"".join(own_audio(n))  # exact, in order, and only its own
+        # Silence where its buffer ran dry (as Twilio's would, for a late chunk), and around.
+        heard = [result.heard[i : i + 160] for i in heard_chunks(result.heard)]
+        assert heard == own_audio(n)  # exact, in order, only its own
         assert len(result.latencies) == 50
+
+
+def prompt_call(server, caller_pcm):
+    """A mode=prompt call, the caller saying `caller_pcm`: (what they heard, the console)."""
+    seconds = len(caller_pcm) / 16000
+    plan = Plan(
+        url=server.url + "/media",
+        chunks={"inbound": mulaw_chunks(caller_pcm, seconds)},
+        parameters={"mode": "prompt"},
+        linger=0.3,
+    )
+    result = play_call(plan)
+    assert result.failure is None and result.rejections == []
+    tag = result.stream_sid[-8:]
+    server.wait_for(rf"\[{tag}\] summary: ")
+    return result.heard, "\n".join(server.lines(f"[{tag}]"))
+
+
+def greeting_mulaw():
+    return g711.encode(greeting())
+
+
+def test_a_caller_who_talks_over_the_prompt_stops_it(server):
+    caller = read_wav(FIXTURES / "sentences.wav")[: 2 * 8000 * 3]  # speaks from 0.5 s
+    heard, console = prompt_call(server, caller)
+    assert "barge-in: the caller spoke 0.50 s into the prompt; cleared" in console
+    assert "mark: prompt-end cleared before it played" in console
+    chunks = [start // 160 for start in heard_chunks(heard)]
+    assert chunks and chunks[0] <= 5  # the prompt began at once
+    # ...and stopped within 0.2 s of the caller's first word (chunk 25, at 0.5 s).
+    assert chunks[-1] < 25 + 10
+    assert greeting_mulaw()[:1600] in heard  # what they heard was the greeting
+
+
+def test_a_caller_who_listens_hears_the_whole_prompt(server):
+    heard, console = prompt_call(server, bytes(2 * 8000 * 6))  # 6 s of silence
+    assert "barge-in" not in console
+    assert "mark: prompt-end played" in console
+    chunks = heard_chunks(heard)
+    assert len(chunks) >= len(greeting_mulaw()) // 160 - 2  # all of it (bar silent chunks)
