@@ -42,6 +42,7 @@ SERVERS = {  # name -> command, and its environment on top of ours
     "ours-no-speech": ([sys.executable, "app.py"], {"SPEECH_ACTIVITY": "off"}),
     "tutorial": ([sys.executable, "bench/tutorial_app.py"], {}),
     "websockets": ([sys.executable, "bench/websockets_app.py"], {}),
+    "node": (["node", "bench/node/consumer.js"], {}),  # bench/paced.py installs its ws
 }
 
 
@@ -206,7 +207,12 @@ def main():
     parser.add_argument("--messages", type=int, default=2000, help="media messages per call")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20, help="realtime: call length")
-    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=SERVERS,
+        default=["ours", "ours-no-speech", "tutorial", "websockets"],
+    )
     arguments = parser.parse_args()
     if arguments.mode == "realtime":
         arguments.calls = arguments.calls or 200

@@ -1,0 +1,156 @@
+"""Real-time capacity: server CPU per media message when calls arrive as Twilio sends them.
+
+    python bench/paced.py                       200 one-track calls into each server
+    python bench/paced.py --calls 400 --servers ours --steps   calls per core, in steps
+
+Twilio sends each media message on its own, 20 ms apart per call: every message costs
+the server a wake-up, a socket read and a greenlet switch. So here each message is its
+own write (TCP_NODELAY), 50 a second per call, the calls' schedules spread over the
+20 ms tick. The server under test is pinned to core 0 and this load generator to core 1;
+the server's CPU is read from /proc over the steady part only (every call started, none
+ended). For each server it prints CPU microseconds per message, % of a core per 100
+calls, and the calls one core carries at 95% busy; and how late the generator's own
+sends ran (past 5 ms it says the figures are not to be trusted). Servers: ours (the
+default handlers), ours-recording (RECORDINGS_DIR set), the tutorial's handler, a
+minimal websockets consumer, and Node's ws (when node is on the machine: its package is
+installed into bench/node on first use). With --steps, ours is run at 200, 400, ...
+calls until the server's core is 95% busy, and says where that was.
+It prints figures; it is no test.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import gevent
+from throughput import REPO, Server  # bench/throughput.py
+
+sys.path.insert(0, str(REPO))
+
+from mediastream.simulator import TwilioCall, connect, encode_frame  # noqa: E402
+
+SERVER_CORE, LOAD_CORE = 0, 1
+TICK = 0.02
+BUSY = 0.95  # a core this busy is full: what is left absorbs bursts
+
+
+def frames_of(calls, seconds):
+    """Each call's frames, masked as a client sends them: connected, start, media..."""
+    conversations = []
+    for _ in range(calls):
+        call = TwilioCall()
+        texts = [call.connected(), call.start()]
+        texts += [call.media() for _ in range(round(seconds / TICK))]
+        conversations.append([encode_frame(text.encode()) for text in texts])
+    return conversations
+
+
+def caller(url, frames, first_due, lateness):
+    """One call: its media frames on their schedule, each its own write."""
+    sock = connect(url, {})
+    try:
+        sock.sendall(frames[0] + frames[1])
+        for n, frame in enumerate(frames[2:]):
+            due = first_due + n * TICK
+            if due > time.monotonic():
+                gevent.sleep(due - time.monotonic())
+            lateness.append(time.monotonic() - due)
+            sock.sendall(frame)
+    finally:
+        sock.close()
+
+
+def measure(name, calls, seconds, **environ):
+    """(CPU seconds per message, how late the sends ran: 99th percentile and worst)."""
+    conversations = frames_of(calls, seconds)
+    server = Server(name, prefix=("taskset", "-c", str(SERVER_CORE)), **environ)
+    lateness = []
+    try:
+        start = time.monotonic() + 1.0  # every call connected by then
+        callers = [
+            gevent.spawn(caller, server.url, frames, start + TICK * n / calls, lateness)
+            for n, frames in enumerate(conversations)
+        ]
+        gevent.sleep(start + 2.0 - time.monotonic())  # steady: every call streaming
+        cpu_before, window_start = server.cpu_seconds(), time.monotonic()
+        gevent.sleep(seconds - 3.0)
+        cpu = server.cpu_seconds() - cpu_before
+        window = time.monotonic() - window_start
+        gevent.joinall(callers, raise_error=True)
+    finally:
+        server.stop()
+    messages = calls * window / TICK
+    late = sorted(lateness) or [0.0]
+    return cpu / messages, late[int(0.99 * (len(late) - 1))], late[-1]
+
+
+def ensure_node_peer():
+    """Node's ws into bench/node (once); False when node or npm is not on the machine."""
+    if not (shutil.which("node") and shutil.which("npm")):
+        return False
+    folder = REPO / "bench" / "node"
+    if not (folder / "node_modules" / "ws").is_dir():
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return True
+
+
+def report(name, per_message, late_p99, late_worst):
+    per_core = BUSY / (per_message / TICK) if per_message else float("inf")
+    trust = "" if late_worst < 0.005 else "  (the load generator ran late: not to be trusted)"
+    print(
+        f"  {name:<15} {1e6 * per_message:6.1f} us/message  {100 * per_message / TICK * 100:5.1f}% "
+        f"of a core per 100 calls  ~{per_core:6,.0f} calls/core   sends late: p99 "
+        f"{1000 * late_p99:.1f} ms, worst {1000 * late_worst:.1f} ms{trust}"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=["ours", "ours-recording", "tutorial", "websockets", "node"],
+        choices=["ours", "ours-recording", "tutorial", "websockets", "node"],
+    )
+    parser.add_argument("--steps", action="store_true", help="find ours' calls per core")
+    arguments = parser.parse_args()
+    os.sched_setaffinity(0, {LOAD_CORE})
+    print(
+        f"{arguments.calls} one-track calls, 50 media messages a second each, for "
+        f"{arguments.seconds:g} s; server on core {SERVER_CORE}, load on core {LOAD_CORE}"
+    )
+    with tempfile.TemporaryDirectory() as recordings:
+        for name in arguments.servers:
+            if name == "node" and not ensure_node_peer():
+                print("  node            skipped: node and npm are not on this machine")
+                continue
+            if name == "ours-recording":
+                figures = measure(
+                    "ours", arguments.calls, arguments.seconds, RECORDINGS_DIR=recordings
+                )
+            else:
+                figures = measure(name, arguments.calls, arguments.seconds)
+            report(name, *figures)
+    if arguments.steps:
+        for calls in range(200, 5000, 200):
+            per_message, *_ = figures = measure("ours", calls, arguments.seconds)
+            report(f"ours x{calls}", *figures)
+            if per_message / TICK * calls >= BUSY:
+                print(f"  ours: the server's core is {BUSY:.0%} busy at {calls} calls")
+                break
+
+
+if __name__ == "__main__":
+    main()
