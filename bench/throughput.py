@@ -25,6 +25,7 @@ import gevent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mediastream.frames import OPCODE_CLOSE  # noqa: E402
 from mediastream.simulator import (  # noqa: E402
     Plan,
     TwilioCall,
@@ -34,7 +35,6 @@ from mediastream.simulator import (  # noqa: E402
     play_call,
     tone,
 )
-from mediastream.websocket import OPCODE_CLOSE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = {  # name -> command, and its environment on top of ours

@@ -29,8 +29,8 @@ from gevent.lock import Semaphore
 from twilio.request_validator import RequestValidator
 
 from mediastream import g711
+from mediastream.frames import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, unmask
 from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS
-from mediastream.websocket import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, unmask
 
 SILENT_CHUNK = bytes([g711.SILENCE]) * g711.CHUNK_SAMPLES
 

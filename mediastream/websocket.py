@@ -5,13 +5,14 @@
 - gevent-websocket accepts any handshake before the app sees it; MediaStreamHandler
   refuses a handshake to a path with no WebSocket route (404), or one that fails the
   app's check (403, the signature), before accepting it.
-- Connection reads the frames of an accepted WebSocket itself: 64 KiB of the socket at a
-  time, with Twilio's small text frames taken straight from that buffer and unmasked in C
-  (gevent-websocket does several reads per frame and unmasks byte by byte in Python); it
-  refuses a message over the size limit from its header, before reading or allocating it
-  (gevent-websocket reads whatever length a header announces), knows how the connection
-  ended, reports each protocol error in words, and sends close codes (gevent-websocket's
-  close() never sends the code it is given).
+- Connection is the thin gevent pump around frames.FrameParser (the protocol, with no
+  socket): it reads up to 64 KiB of the socket at a time and feeds it to the parser
+  (gevent-websocket does several reads per frame and unmasks byte by byte in Python), so
+  a message over the size limit is refused from its header, before it is read (gevent-
+  websocket reads whatever length a header announces); it knows how the connection ended,
+  reports each protocol error in words, sends close codes (gevent-websocket's close()
+  never sends the code it is given), and writes what is sent back from a greenlet of its
+  own, with TCP_NODELAY.
 """
 
 import errno
@@ -31,16 +32,22 @@ from geventwebsocket.handler import WebSocketHandler
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Rule
 
+from mediastream.frames import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    MAX_MESSAGE_BYTES,
+    OPCODE_CLOSE,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+    ConnectionEnded,
+    FrameParser,
+    Ping,
+)
 from mediastream.metrics import REFUSED_HANDSHAKES
-
-try:
-    from wsaccel.xormask import XorMaskerSimple
-except ImportError:  # no build of wsaccel for this Python: unmask in pure Python
-    XorMaskerSimple = None
 
 log = logging.getLogger("mediastream")
 
-MAX_MESSAGE_BYTES = 64 * 1024
 IDLE_TIMEOUT = 30.0
 READ_SIZE = 64 * 1024
 TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS connection: never of an HTTP request
@@ -48,18 +55,7 @@ REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
 
-OPCODE_CONTINUATION, OPCODE_TEXT, OPCODE_BINARY = 0x0, 0x1, 0x2
-OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x8, 0x9, 0xA
-
 REFUSAL_REASONS = {"404": "no route", "403": "signature", "503": "shutting down"}
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_INVALID_DATA = 1007
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
 
 
 class Sockets(flask_sockets.Sockets):
@@ -220,18 +216,6 @@ def client_address(environ):
     return f"{environ.get('REMOTE_ADDR', '?')}:{environ.get('REMOTE_PORT', '?')}"
 
 
-class ConnectionEnded(BaseException):
-    """Raised inside Connection when the connection cannot go on. A BaseException, like
-    gevent.Timeout: a deadline may strike inside a handler, and must get past its
-    `except Exception` to end the connection."""
-
-    def __init__(self, ended_by, problem=None, close_code=None):
-        super().__init__(problem or ended_by)
-        self.ended_by = ended_by
-        self.problem = problem
-        self.close_code = close_code
-
-
 class OpenConnections(set):
     """Every Connection being served, so that a shutdown can end them all at once."""
 
@@ -260,10 +244,8 @@ class Connection:
         self.ws = ws
         self.log = log
         self.greenlet = gevent.getcurrent()  # the one serving it, for OpenConnections.end_all
-        self.max_message_bytes = max_message_bytes
         self._read_some = ws.handler.rfile.read1  # what has arrived, without waiting for more
-        self._buffer = b""
-        self._offset = 0
+        self.parser = FrameParser(max_message_bytes)
         self._deadlines = []
         self._outbox = None  # text for the peer, and the greenlet that writes it, once used
         self._writing = Semaphore()  # one frame at a time on the socket
@@ -299,9 +281,25 @@ class Connection:
         return True
 
     def messages(self):
-        """Yield each text message (str) or binary message (bytes) until the end."""
+        """Yield each text message (str) or binary message (bytes) until the end: the
+        socket's bytes go through the frame parser; pings are answered here."""
         while True:
-            yield self._read_message()
+            data = self._read_some(READ_SIZE)
+            self._heard_at = self._now()
+            if not data:
+                raise ConnectionEnded(
+                    "disconnect",
+                    "connection cut in the middle of a frame"
+                    if self.parser.mid_frame
+                    else "connection dropped without a close frame",
+                )
+            for event in self.parser.feed(data):
+                if isinstance(event, (str, bytes)):
+                    yield event
+                elif isinstance(event, Ping):
+                    self._write(event.payload, OPCODE_PONG)
+                else:
+                    raise event
 
     def deadline(self, seconds, what):
         """End the connection with 1008 unless the returned timer is cancelled in time."""
@@ -366,170 +364,3 @@ class Connection:
             self._write(struct.pack("!H", code) + reason.encode(), OPCODE_CLOSE)
         except WebSocketError:
             pass  # the peer has gone already; nothing to tell it
-
-    def _read_message(self):
-        # The common case first: Twilio's messages are single, small, masked text frames,
-        # and a burst of them is in the buffer already. Anything else: the general way.
-        buffer, offset = self._buffer, self._offset
-        if len(buffer) - offset >= 8 and buffer[offset] == 0x81 and buffer[offset + 1] > 0x80:
-            length = buffer[offset + 1] & 0x7F  # final, masked text frame
-            start = offset + 6
-            if length == 126:
-                length = buffer[offset + 2] << 8 | buffer[offset + 3]
-                start = offset + 8
-            end = start + length  # (127: a 64-bit length follows; left to the general way)
-            if length != 127 and length <= self.max_message_bytes and end <= len(buffer):
-                self._offset = end
-                return _text(unmask(buffer[start:end], buffer[start - 4 : start]))
-        return self._read_any_message()
-
-    def _read_any_message(self):
-        """A whole message, however it is framed: fragments, control frames in between."""
-        opcode = None
-        fragments = []
-        size = 0
-        while True:
-            fin, frame_opcode, length, mask = self._read_header(opcode is None)
-            if frame_opcode >= OPCODE_CLOSE:
-                self._on_control_frame(frame_opcode, self._read_payload(length, mask))
-                continue
-            if frame_opcode == OPCODE_CONTINUATION:
-                if opcode is None:
-                    raise _protocol_error("continuation frame outside a message")
-            elif frame_opcode in (OPCODE_TEXT, OPCODE_BINARY):
-                if opcode is not None:
-                    raise _protocol_error("new message inside a fragmented message")
-                opcode = frame_opcode
-            else:
-                raise _protocol_error(f"unknown frame opcode {frame_opcode}")
-            size += length
-            if size > self.max_message_bytes:
-                raise ConnectionEnded(
-                    "message too big",
-                    f"message of more than {self.max_message_bytes} bytes "
-                    f"({size} announced so far); closing with {CLOSE_TOO_BIG}",
-                    CLOSE_TOO_BIG,
-                )
-            fragments.append(self._read_payload(length, mask))
-            if fin:
-                break
-        payload = b"".join(fragments)
-        return payload if opcode == OPCODE_BINARY else _text(payload)
-
-    def _read_header(self, between_messages):
-        """The frame header: (fin, opcode, payload length, mask)."""
-        head = self._take(2)
-        if not head and between_messages:
-            raise ConnectionEnded("disconnect", "connection dropped without a close frame")
-        _check_complete(head, 2)
-        first, second = head
-        if first & 0x70:
-            raise _protocol_error("reserved bits set in a frame header")
-        if not second & 0x80:
-            raise _protocol_error("client frame is not masked")
-        fin, opcode, length = first & 0x80, first & 0x0F, second & 0x7F
-        if opcode >= OPCODE_CLOSE and (not fin or length > 125):
-            raise _protocol_error("control frame fragmented or over 125 bytes")
-        # The extended length (2 or 8 bytes, if any) and the mask, in one read.
-        extra = 2 if length == 126 else 8 if length == 127 else 0
-        rest = self._take(extra + 4)
-        _check_complete(rest, extra + 4)
-        if extra:
-            length = int.from_bytes(rest[:extra], "big")
-        return fin, opcode, length, rest[extra:]
-
-    def _read_payload(self, length, mask):
-        payload = self._take(length)
-        _check_complete(payload, length)
-        return unmask(payload, mask) if length else b""
-
-    def _take(self, count):
-        """The next `count` bytes of the stream (fewer only where it ends).
-
-        The socket is read in large pieces into a buffer, so that a burst of small frames
-        costs one read, not several per frame; `count` is at most a header or a payload
-        within the size limit, so the buffer never holds more than that plus one piece."""
-        start, end = self._offset, self._offset + count
-        if end > len(self._buffer):
-            buffer = self._buffer[start:]
-            while len(buffer) < count:
-                piece = self._read_some(max(READ_SIZE, count - len(buffer)))
-                self._heard_at = self._now()
-                if not piece:
-                    break
-                buffer += piece
-            self._buffer, start, end = buffer, 0, count
-        self._offset = min(end, len(self._buffer))
-        return self._buffer[start:end]
-
-    def _on_control_frame(self, opcode, payload):
-        if opcode == OPCODE_PING:
-            self._write(payload, OPCODE_PONG)
-        elif opcode == OPCODE_CLOSE:
-            code = _close_code(payload)
-            self.close(CLOSE_NORMAL)
-            raise ConnectionEnded(f"client close ({code})")
-        elif opcode != OPCODE_PONG:
-            raise _protocol_error(f"unknown control frame opcode {opcode}")
-
-
-def _close_code(payload):
-    """The code of a client's close frame; ConnectionEnded for an invalid one (RFC 6455,
-    5.5.1 and 7.4: 1002 for a bad code, 1007 for a reason that is not UTF-8)."""
-    if not payload:
-        return CLOSE_NORMAL  # no code given
-    if len(payload) == 1:
-        raise _protocol_error("close frame with a 1-byte payload")
-    code = struct.unpack("!H", payload[:2])[0]
-    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
-        raise _protocol_error(f"invalid close code {code}")
-    try:
-        payload[2:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConnectionEnded(
-            "invalid text",
-            f"close reason is not valid UTF-8; closing with {CLOSE_INVALID_DATA}",
-            CLOSE_INVALID_DATA,
-        ) from None
-    return code
-
-
-def _text(payload):
-    """A text message's payload as str; invalid UTF-8 ends the connection (1007)."""
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConnectionEnded(
-            "invalid text",
-            f"text message is not valid UTF-8; closing with {CLOSE_INVALID_DATA}",
-            CLOSE_INVALID_DATA,
-        ) from None
-
-
-def _check_complete(data, count):
-    if len(data) != count:
-        raise ConnectionEnded("disconnect", "connection cut in the middle of a frame")
-
-
-def _protocol_error(problem):
-    return ConnectionEnded(
-        "protocol error",
-        f"{problem}; closing with {CLOSE_PROTOCOL_ERROR}",
-        CLOSE_PROTOCOL_ERROR,
-    )
-
-
-def _unmask_in_python(payload, mask):
-    """XOR a client frame's payload with its 4-byte mask (RFC 6455, 5.3)."""
-    length = len(payload)
-    key = (mask * (length // 4 + 1))[:length]
-    masked = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
-    return masked.to_bytes(length, "little")
-
-
-def _unmask_with_wsaccel(payload, mask):
-    """The same, in C: wsaccel is gevent-websocket's own optional accelerator."""
-    return XorMaskerSimple(mask).process(payload)
-
-
-unmask = _unmask_with_wsaccel if XorMaskerSimple else _unmask_in_python
