@@ -244,7 +244,7 @@ class Connection:
         self.ws = ws
         self.log = log
         self.greenlet = gevent.getcurrent()  # the one serving it, for OpenConnections.end_all
-        self._read_some = ws.handler.rfile.read1  # what has arrived, without waiting for more
+        self._read_some = self._first_read
         self.parser = FrameParser(max_message_bytes)
         self._deadlines = []
         self._outbox = None  # text for the peer, and the greenlet that writes it, once used
@@ -334,6 +334,14 @@ class Connection:
         if close_code is not None:
             self.close(close_code)
         self.ws.closed = True  # nothing more is sent; the handler closes the socket
+
+    def _first_read(self, size):
+        """What the handshake's buffered reader holds (a client may send frames right
+        behind its request); then the socket itself, with no buffering layers between:
+        one wake-up, one recv, for each of Twilio's messages."""
+        data = self.ws.handler.rfile.read1(size)
+        self._read_some = self.ws.handler.socket.recv
+        return data
 
     def send_text(self, text):
         """Queue a text message for the peer: a greenlet of the connection's writes it,

@@ -399,3 +399,18 @@ def test_running_out_of_file_descriptors_is_one_warning_a_second(start_server):
     ws.send(call.stop())
     ws.close()
     assert "ended by stop" in running.summary(call)
+
+
+def test_frames_sent_with_the_handshake_in_one_write_are_read(server):
+    call = TwilioCall()
+    handshake = (
+        b"GET /media HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    frames = [call.connected(), call.start(), *(call.media() for _ in range(5)), call.stop()]
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.sendall(handshake + b"".join(encode_frame(frame.encode()) for frame in frames))
+    client.settimeout(5)
+    assert client.recv(1024).startswith(b"HTTP/1.1 101")
+    client.close()
+    assert "received: inbound 5 messages" in server.summary(call)
