@@ -90,6 +90,15 @@ def simulate(server, *arguments, timeout=60):
     return result.returncode, result.stdout + result.stderr
 
 
+def whole_call(server, call, media_per_track=10):
+    """A call played from connected to stop, then closed; its lines once it has ended."""
+    ws = server.connect()
+    play(ws, call, media_per_track)
+    ws.send(call.stop())
+    ws.close()
+    return server.summary(call)
+
+
 def play(ws, call, media_per_track=10):
     """A call as Twilio streams it (connected, start, media on each track), without the end."""
     ws.send(call.connected())

@@ -6,7 +6,7 @@ import time
 
 import gevent
 import pytest
-from conftest import play
+from conftest import play, whole_call
 from gevent.event import Event
 
 from mediastream import handlers as handlers_module
@@ -296,11 +296,7 @@ def test_a_broken_handler_breaks_nothing_else(start_with, name):
 def test_a_handler_that_cannot_be_made_leaves_the_others_working(start_with):
     server = start_with("Unmakeable")
     call = TwilioCall()
-    ws = server.connect()
-    play(ws, call, media_per_track=5)
-    ws.send(call.stop())
-    ws.close()
-    summary = server.summary(call)
+    summary = whole_call(server, call, media_per_track=5)
     assert "inbound 5 messages" in summary
     assert "handler problem: Unmakeable failed in __init__()" in summary
     server.process.send_signal(signal.SIGTERM)

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ElementTree
 
 import pytest
 import websocket
-from conftest import ServerProcess, play
+from conftest import ServerProcess, play, whole_call
 
 from mediastream.simulator import TwilioCall
 
@@ -46,13 +46,13 @@ def twilio_signature(url, params):
 
 
 def a_call(server, media=10, stop=True):
+    """A both-tracks call: played whole (and its summary waited for), or left open."""
     call = TwilioCall(tracks=("inbound", "outbound"))
+    if stop:
+        whole_call(server, call, media_per_track=media)
+        return call, None
     ws = server.connect()
     play(ws, call, media_per_track=media)
-    if stop:
-        ws.send(call.stop())
-        ws.close()
-        server.summary(call)
     return call, ws
 
 

@@ -7,7 +7,7 @@ import time
 import wave
 
 import pytest
-from conftest import play
+from conftest import play, whole_call
 
 from mediastream import g711
 from mediastream.messages import BadMessage, parse_message
@@ -171,11 +171,7 @@ def test_a_full_disk_is_reported_and_leaves_only_files_that_play(recorder, limit
 
     server, directory = recorder(preexec_fn=small_files)
     call = TwilioCall()
-    ws = server.connect()
-    play(ws, call, media_per_track=200)
-    ws.send(call.stop())
-    ws.close()
-    summary = server.summary(call)
+    summary = whole_call(server, call, media_per_track=200)
     assert "inbound 200 messages" in summary  # the call went on
     (error,) = server.lines("ERROR")
     assert "recording stopped, the call goes on: [Errno 27] File too large" in error
