@@ -14,17 +14,23 @@ sends ran (past 5 ms it says the figures are not to be trusted). Servers: ours (
 default handlers), ours-recording (RECORDINGS_DIR set), the tutorial's handler, a
 minimal websockets consumer, and Node's ws (when node is on the machine: its package is
 installed into bench/node on first use). With --steps, ours is run at 200, 400, ...
-calls until the server's core is 95% busy, and says where that was.
+calls until the server's core is 95% busy, and says where that was. With --gunicorn,
+ours runs under gunicorn with 1 and then 2 workers, unpinned (the load generator shares
+the machine): it prints the CPU per message of all workers together, the calls each
+worker got, and the calls the machine would carry with every core 95% busy.
 It prints figures; it is no test.
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from pathlib import Path
 
 import gevent
 from throughput import REPO, Server  # bench/throughput.py
@@ -64,10 +70,11 @@ def caller(url, frames, first_due, lateness):
         sock.close()
 
 
-def measure(name, calls, seconds, **environ):
+def measure(name, calls, seconds, pinned=True, **environ):
     """(CPU seconds per message, how late the sends ran: 99th percentile and worst)."""
     conversations = frames_of(calls, seconds)
-    server = Server(name, prefix=("taskset", "-c", str(SERVER_CORE)), **environ)
+    prefix = ("taskset", "-c", str(SERVER_CORE)) if pinned else ()
+    server = Server(name, prefix=prefix, **environ)
     lateness = []
     try:
         start = time.monotonic() + 1.0  # every call connected by then
@@ -81,6 +88,7 @@ def measure(name, calls, seconds, **environ):
         cpu = server.cpu_seconds() - cpu_before
         window = time.monotonic() - window_start
         gevent.joinall(callers, raise_error=True)
+        measure.console = Path(server.console.name).read_text()
     finally:
         server.stop()
     messages = calls * window / TICK
@@ -125,6 +133,9 @@ def main():
         choices=["ours", "ours-recording", "tutorial", "websockets", "node"],
     )
     parser.add_argument("--steps", action="store_true", help="find ours' calls per core")
+    parser.add_argument(
+        "--gunicorn", action="store_true", help="ours under gunicorn, 1 and 2 workers"
+    )
     arguments = parser.parse_args()
     os.sched_setaffinity(0, {LOAD_CORE})
     print(
@@ -143,6 +154,25 @@ def main():
             else:
                 figures = measure(name, arguments.calls, arguments.seconds)
             report(name, *figures)
+    if arguments.gunicorn:
+        os.sched_setaffinity(0, set(range(os.cpu_count())))  # everyone shares the machine
+        for workers in (1, 2):
+            per_message, *late = measure(
+                "gunicorn",
+                arguments.calls,
+                arguments.seconds,
+                pinned=False,
+                WEB_CONCURRENCY=str(workers),
+            )
+            report(f"gunicorn x{workers}", per_message, *late)
+            lines = [json.loads(line) for line in measure.console.splitlines() if line[:1] == "{"]
+            streams = {(line["pid"], line.get("stream_sid")) for line in lines}
+            per_worker = Counter(pid for pid, stream_sid in streams if stream_sid)
+            machine = min(workers, os.cpu_count()) * BUSY / (per_message / TICK)
+            print(
+                f"    calls per worker: {sorted(per_worker.values(), reverse=True)}; with "
+                f"{workers} worker(s) on {os.cpu_count()} cores, ~{machine:,.0f} calls at 95% busy"
+            )
     if arguments.steps:
         for calls in range(200, 5000, 200):
             per_message, *_ = figures = measure("ours", calls, arguments.seconds)

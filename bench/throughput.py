@@ -43,6 +43,7 @@ SERVERS = {  # name -> command, and its environment on top of ours
     "tutorial": ([sys.executable, "bench/tutorial_app.py"], {}),
     "websockets": ([sys.executable, "bench/websockets_app.py"], {}),
     "node": (["node", "bench/node/consumer.js"], {}),  # bench/paced.py installs its ws
+    "gunicorn": ([sys.executable, "-m", "gunicorn", "app:create_app()"], {"LOG_FORMAT": "json"}),
 }
 
 
@@ -84,9 +85,14 @@ class Server:
         raise RuntimeError(f"{self.name} did not start: {Path(self.console.name).read_text()}")
 
     def cpu_seconds(self):
-        """User + system CPU time the server has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server has used so far, its worker processes too."""
+        pids = [self.process.pid, *self.children()]
+        return sum(_cpu_seconds(pid) for pid in pids)
+
+    def children(self):
+        """The server's child processes (gunicorn's workers), if any."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 
     def rss_kib(self):
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -96,6 +102,11 @@ class Server:
         self.process.terminate()
         self.process.wait(10)
         self.console.close()
+
+
+def _cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # Flat out ------------------------------------------------------------------------------
