@@ -76,7 +76,12 @@ class FrameParser:
         while end - offset >= 2:
             # The common case: a final, masked, small text frame, whole in the buffer.
             first, second = buffer[offset], buffer[offset + 1]
-            if first == 0x81 and 0x80 < second < 0xFE and self._opcode is None:
+            if (
+                first == 0x81
+                and 0x80 < second < 0xFF  # masked; a 7- or 16-bit length
+                and end - offset >= 8
+                and self._opcode is None
+            ):
                 length, start = second & 0x7F, offset + 6
                 if length == 126:
                     length, start = buffer[offset + 2] << 8 | buffer[offset + 3], offset + 8

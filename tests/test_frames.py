@@ -101,3 +101,12 @@ def test_the_parser_knows_when_it_is_mid_frame():
     assert parser.feed(frame[:10]) == [] and parser.mid_frame
     assert len(parser.feed(frame[10:])) == 1 and not parser.mid_frame
     assert parser.feed(encode_frame(b"a", fin=False)) == [] and parser.mid_frame
+
+
+def test_twilio_sized_messages_take_the_fast_path(monkeypatch):
+    """A media message (about 250 bytes: a 16-bit length) never reaches the general way."""
+    parser = FrameParser()
+    monkeypatch.setattr(parser, "_header", None)  # the general way would fail
+    texts = [TwilioCall().media() for _ in range(3)]
+    assert all(126 <= len(text) < 1 << 16 for text in texts)
+    assert parser.feed(b"".join(encode_frame(text.encode()) for text in texts)) == texts
