@@ -50,6 +50,9 @@ class Handler:
     #: How many events may wait for a handler that may block before its media is dropped
     #: (500 is 10 s of one track's audio).
     max_queued = 500
+    #: Set it False (in start(), say) for a stream this handler has nothing to do with:
+    #: it then gets no more events for that stream but its end(), at no cost per message.
+    active = True
 
     def __init__(self, config):
         self.config = config
@@ -130,6 +133,7 @@ class StreamHandlers:
                 (handler, getattr(handler, name))
                 for handler in self._inline
                 if handler not in self._broken
+                and handler.active
                 and getattr(type(handler), name) is not getattr(Handler, name)
             ]
             for name in EVENTS
@@ -140,6 +144,8 @@ class StreamHandlers:
 
     def start(self, event):
         self._send("start", event)
+        if not all(handler.active for handler in self._inline):
+            self._bind_methods()  # those that stepped aside get no more events
 
     def media(self, chunk):
         self._send("media", chunk)
@@ -218,7 +224,7 @@ class Lane:
         self.greenlet = gevent.spawn(self._run)
 
     def put(self, name, args):
-        if self.failed:
+        if self.failed or (not self.handler.active and name != "end"):
             return
         if name == "media" and len(self.queue) >= self.handler.max_queued:
             self._drop()

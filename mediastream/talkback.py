@@ -114,8 +114,11 @@ class Echo(Handler):
 
     may_block = False
 
+    def start(self, stream, event):
+        self.active = stream.mode == "echo"
+
     def media(self, stream, chunk):
-        if stream.mode == "echo" and chunk.track == "inbound":
+        if chunk.track == "inbound":
             stream.talkback.audio(mulaw=chunk.audio)
 
 
@@ -134,7 +137,8 @@ class Prompt(Handler):
         self.started = 0  # the inbound frame the prompt started at
 
     def start(self, stream, event):
-        if stream.mode == "prompt":
+        self.active = stream.mode == "prompt"
+        if self.active:
             self.playing = stream.talkback.audio(pcm=greeting()) and stream.talkback.mark(self.MARK)
 
     def media(self, stream, chunk):

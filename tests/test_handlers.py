@@ -313,3 +313,19 @@ def test_a_cut_connection_still_ends_every_handler(start_with):
     ws.sock.close()
     assert "ended by disconnect" in server.summary(call)
     server.wait_for(rf"\[{call.tag}\] Recorder: end, ended by disconnect")
+
+
+def test_a_handler_that_steps_aside_at_start_gets_only_its_end():
+    notes = []
+
+    class Picky(Inline):
+        def start(self, stream, event):
+            super().start(stream, event)
+            self.active = False  # nothing to do with this stream
+
+    Picky.notes = Inline.notes = notes
+    handlers = make(Picky, Inline)
+    feed(handlers, TwilioCall())
+    handlers.end("stop")
+    assert [event for who, event in notes if who == "Picky"] == ["start", "end: stop"]
+    assert len([event for who, event in notes if who == "Inline"]) == 6  # all of them
