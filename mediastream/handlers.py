@@ -224,8 +224,8 @@ class Lane:
         self.greenlet = gevent.spawn(self._run)
 
     def put(self, name, args):
-        if self.failed or (not self.handler.active and name != "end"):
-            return
+        if name != "end" and (self.failed or not self.handler.active):
+            return  # it gets nothing more, but its end() always
         if name == "media" and len(self.queue) >= self.handler.max_queued:
             self._drop()
             return
