@@ -17,6 +17,7 @@
 
 import errno
 import logging
+import os
 import resource
 import socket
 import struct
@@ -246,6 +247,7 @@ class Connection:
         self.greenlet = gevent.getcurrent()  # the one serving it, for OpenConnections.end_all
         self._read_some = self._first_read
         self.parser = FrameParser(max_message_bytes)
+        self._readable = None  # the socket's readiness watcher, once reading it directly
         self._deadlines = []
         self._outbox = None  # text for the peer, and the greenlet that writes it, once used
         self._writing = Semaphore()  # one frame at a time on the socket
@@ -265,6 +267,8 @@ class Connection:
 
     def __exit__(self, kind, error, traceback):
         self._idle_check.close()
+        if self._readable is not None:
+            self._readable.close()
         for deadline in self._deadlines:
             deadline.cancel()
         if isinstance(error, ConnectionEnded):
@@ -337,11 +341,19 @@ class Connection:
 
     def _first_read(self, size):
         """What the handshake's buffered reader holds (a client may send frames right
-        behind its request); then the socket itself, with no buffering layers between:
-        one wake-up, one recv, for each of Twilio's messages."""
+        behind its request); then the socket itself, with no layers between."""
         data = self.ws.handler.rfile.read1(size)
-        self._read_some = self.ws.handler.socket.recv
+        self._fd = self.ws.handler.socket.fileno()
+        self._readable = gevent.get_hub().loop.io(self._fd, 1)
+        self._read_some = self._read_when_readable
         return data
+
+    def _read_when_readable(self, size):
+        """Wait until the socket has bytes, then read them: one wake-up and one read per
+        message. (A socket's recv() reads first, fails with EAGAIN, then waits, and
+        reads again: an exception and a syscall more for each of Twilio's messages.)"""
+        gevent.get_hub().wait(self._readable)
+        return os.read(self._fd, size)
 
     def send_text(self, text):
         """Queue a text message for the peer: a greenlet of the connection's writes it,
