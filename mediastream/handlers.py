@@ -176,6 +176,7 @@ class StreamHandlers:
 
     def end(self, ended_by):
         """End every handler (see the module's docstring for the order)."""
+        self.stream.ended()
         for lane in self.lanes:
             lane.put("end", (ended_by,))
         try:

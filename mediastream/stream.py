@@ -85,6 +85,7 @@ class MediaStream:
         self._clock = clock
         self._progress_seconds = progress_seconds
         self.opened_at = clock()
+        self.ended_at = None  # set by ended(): the call's length is not the handlers' time
         self._next_progress = self.opened_at + progress_seconds
 
     @property
@@ -144,9 +145,14 @@ class MediaStream:
         """Seconds of audio a track has delivered (mu-law: one byte a sample)."""
         return self.tracks[track].audio_bytes / self.sample_rate
 
+    def ended(self):
+        """Note that the connection has ended (before the handlers' end() run)."""
+        self.ended_at = self._clock()
+
     def duration(self):
-        """Seconds since the connection opened."""
-        return self._clock() - self.opened_at
+        """Seconds from the connection's opening to its end, or to now while it is open."""
+        end = self._clock() if self.ended_at is None else self.ended_at
+        return end - self.opened_at
 
     @property
     def missing_chunks(self):

@@ -76,8 +76,11 @@ def test_progress_is_due_every_few_seconds():
     assert stream.progress_due()
 
 
-def test_duration_runs_from_the_connection():
+def test_duration_runs_from_the_connection_to_its_end():
     clock = FakeClock()
     stream = MediaStream("client", clock=clock)
     clock.now += 12.5
+    assert stream.duration() == 12.5
+    stream.ended()
+    clock.now += 2  # handlers still finishing: not part of the call
     assert stream.duration() == 12.5
