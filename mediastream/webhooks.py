@@ -39,7 +39,8 @@ def twiml(environ, form, config):
         status_callback=https_base(environ, config.public_url) + "/status",
         status_callback_method="POST",
     )
-    stream.parameter(name="caller", value=form.get("From", ""))
+    if form.get("From"):  # Twilio's webhook says who calls; a browser's GET does not
+        stream.parameter(name="caller", value=form["From"])
     stream.parameter(name="topic", value="support")
     response.append(start)
     if config.dial_number:

@@ -233,8 +233,9 @@ def test_twiml_streams_to_this_very_server(server):
     # Without DIAL_NUMBER: a short message, then the call stays open to be streamed.
     assert root.find("Say").text and int(root.find("Pause").get("length")) >= 60
     server.wait_for(rf"twiml: call {STATUS['CallSid']} gets <Start><Stream url=")
-    local = parse_twiml(request(server, "/twiml")[1])[1]  # a GET, from a browser
+    _, local, parameters = parse_twiml(request(server, "/twiml")[1])  # a GET, from a browser
     assert local.get("url") == f"ws://127.0.0.1:{server.port}/media"
+    assert parameters == {"topic": "support"}  # no caller to name
 
 
 def test_twiml_dials_the_number_it_is_given(start_server):
