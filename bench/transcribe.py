@@ -1,16 +1,19 @@
 """How many one-track calls one core transcribes in real time, and how late the text is.
 
-    python bench/transcribe.py            (needs requirements-transcribe.txt)
+    python bench/transcribe.py                  (needs requirements-transcribe.txt)
+    python bench/transcribe.py --calls 1 2 3 4  these loads only
 
 The server is pinned to one core (taskset) with the packaged Whisper tiny.en; the calls
 (the spoken fixture, 14 s, four sentences, in real time, each call twice over) come from
 the other core, their starts spread over the fixture's length as real calls' would be.
-For 5, 10, ... concurrent calls it prints the utterances transcribed, skipped (past the
-backlog) and unfinished, the delay from the end of each utterance's speech to its console
-line (median and worst, from the JSON log's figures) and the server's CPU; it stops at
-the first load that skips or is late by more than 5 s. It prints figures; it is no test.
+For 5, 10, ... concurrent calls (or those given) it prints the utterances transcribed,
+skipped (past the backlog) and unfinished, the delay from the end of each utterance's
+speech to its console line (median and worst, from the JSON log's figures) and the
+server's CPU; it stops at the first load that skips or is late by more than 5 s. It
+prints figures; it is no test.
 """
 
+import argparse
 import json
 import statistics
 import sys
@@ -63,8 +66,13 @@ def one_load(calls):
 
 
 def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, nargs="+", default=range(5, 200, 5))
+    arguments = parser.parse_args()
     print(f"one core, Whisper tiny.en (int8), one-track real-time calls of {FIXTURE.name}")
-    for calls in range(5, 200, 5):
+    for calls in arguments.calls:
         latencies, skipped, cpu = one_load(calls)
         worst = max(latencies, default=0.0)
         print(
