@@ -81,8 +81,9 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
             start_deadline = connection.deadline(config.start_timeout, "no start message")
             for message in connection.messages():
                 receive(stream, stream_handlers, message)
-                if stream.stream_sid:
+                if start_deadline and stream.stream_sid:  # started in time
                     start_deadline.cancel()
+                    start_deadline = None
         stream_handlers.end("stop" if stream.stopped else connection.ended_by)
         connections.discard(connection)
 

@@ -258,6 +258,8 @@ def _sequence(message):
 
 def _count(value, name):
     """A counter, which Twilio sends as a decimal string ("42"); None where it sends none."""
+    if type(value) is str and len(value) < 10 and value.isdecimal():  # Twilio's, at once
+        return int(value)
     if value is None:
         return None
     try:
