@@ -139,7 +139,8 @@ class Prompt(Handler):
     def start(self, stream, event):
         self.active = stream.mode == "prompt"
         if self.active:
-            self.playing = stream.talkback.audio(pcm=greeting()) and stream.talkback.mark(self.MARK)
+            sent = stream.talkback.audio(mulaw=greeting_mulaw())
+            self.playing = sent and stream.talkback.mark(self.MARK)
 
     def media(self, stream, chunk):
         if not self.playing or chunk.track != "inbound":
@@ -163,7 +164,7 @@ class Prompt(Handler):
 
 
 @functools.cache
-def greeting():
-    """The prompt's audio: 16-bit PCM, 8000 Hz, mono."""
+def greeting_mulaw():
+    """The prompt's audio as Twilio takes it (mu-law, 8000 Hz, mono): encoded once."""
     with wave.open(str(Path(__file__).with_name("greeting.wav"))) as wav:
-        return wav.readframes(wav.getnframes())
+        return g711.encode(wav.readframes(wav.getnframes()))

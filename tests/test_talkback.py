@@ -19,7 +19,7 @@ from mediastream.simulator import (
     read_wav,
     tone,
 )
-from mediastream.talkback import greeting
+from mediastream.talkback import greeting_mulaw
 
 
 @pytest.fixture(scope="module")
@@ -221,10 +221,6 @@ def prompt_call(server, caller_pcm):
     tag = result.stream_sid[-8:]
     server.wait_for(rf"\[{tag}\] summary: ")
     return result.heard, "\n".join(server.lines(f"[{tag}]"))
-
-
-def greeting_mulaw():
-    return g711.encode(greeting())
 
 
 def test_a_caller_who_talks_over_the_prompt_stops_it(server):
