@@ -14,7 +14,7 @@ messages actually sent in the window); and how late the generator's own sends ra
 5 ms at the 99th percentile, it says the figures are not to be trusted). Servers: ours (the
 default handlers), ours-recording (RECORDINGS_DIR set), the tutorial's handler, a
 minimal websockets consumer, and Node's ws (when node is on the machine: its package is
-installed into bench/node on first use). With --steps, ours is run at 200, 400, ...
+installed into bench/node on first use). With --steps, ours is run at 100, 200, ...
 calls until the server's core is 95% busy, and says where that was. With --gunicorn,
 ours runs under gunicorn with 1 and then 2 workers, unpinned (the load generator shares
 the machine): it prints the CPU per message of all workers together, the calls each
@@ -177,7 +177,7 @@ def main():
                 f"{workers} worker(s) on {os.cpu_count()} cores, ~{machine:,.0f} calls at 95% busy"
             )
     if arguments.steps:
-        for calls in range(200, 5000, 200):
+        for calls in range(100, 5000, 100):
             per_message, *_ = figures = measure("ours", calls, arguments.seconds)
             report(f"ours x{calls}", *figures)
             if per_message / TICK * calls >= BUSY:
