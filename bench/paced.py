@@ -11,10 +11,11 @@ the server's CPU is read from /proc over the steady part only (every call starte
 ended). For each server it prints CPU microseconds per message, % of a core per 100
 calls, and the calls one core carries at 95% busy (CPU per message divides by the
 messages actually sent in the window); and how late the generator's own sends ran (past
-5 ms at the 99th percentile, it says the figures are not to be trusted). Servers: ours (the
-default handlers), ours-recording (RECORDINGS_DIR set), the tutorial's handler, a
-minimal websockets consumer, and Node's ws (when node is on the machine: its package is
-installed into bench/node on first use). With --steps, ours is run at 100, 200, ...
+5 ms at the 99th percentile, it says the figures are not to be trusted). Servers:
+ours (the default handlers), ours-no-speech (SPEECH_ACTIVITY=off), ours-recording
+(RECORDINGS_DIR set), the tutorial's handler, a minimal websockets consumer, and Node's
+ws (when node is on the machine: its package is installed into bench/node on first
+use). With --steps, ours is run at 100, 200, ...
 calls until the server's core is 95% busy, and says where that was. With --gunicorn,
 ours runs under gunicorn with 1 and then 2 workers, unpinned (the load generator shares
 the machine): it prints the CPU per message of all workers together, the calls each
@@ -132,8 +133,8 @@ def main():
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["ours", "ours-recording", "tutorial", "websockets", "node"],
-        choices=["ours", "ours-recording", "tutorial", "websockets", "node"],
+        default=["ours", "ours-no-speech", "ours-recording", "tutorial", "websockets", "node"],
+        choices=["ours", "ours-no-speech", "ours-recording", "tutorial", "websockets", "node"],
     )
     parser.add_argument("--steps", action="store_true", help="find ours' calls per core")
     parser.add_argument(
