@@ -81,7 +81,7 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
             start_deadline = connection.deadline(config.start_timeout, "no start message")
             for message in connection.messages():
                 receive(stream, stream_handlers, message)
-                if start_deadline and stream.stream_sid:  # started in time
+                if start_deadline is not None and stream.stream_sid:  # started in time
                     start_deadline.cancel()
                     start_deadline = None
         stream_handlers.end("stop" if stream.stopped else connection.ended_by)
