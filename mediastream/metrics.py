@@ -25,7 +25,6 @@ from prometheus_client import (
 )
 
 from mediastream.handlers import Handler
-from mediastream.messages import TRACKS
 
 disable_created_metrics()  # a *_created timestamp per series says nothing useful here
 
@@ -55,24 +54,22 @@ PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDE
 
 
 class Metrics(Handler):
-    """A handler: each stream's figures into the metrics. Media is counted here and added
-    to the metrics every FLUSH_EVERY messages and at the end (a metric takes a lock)."""
+    """A handler: each stream's figures into the metrics. What the stream has counted of
+    its media is added to the metrics every FLUSH_EVERY messages and at the end (a metric
+    takes a lock)."""
 
     may_block = False
 
     def __init__(self, config):
         super().__init__(config)
         OPEN_STREAMS.inc()
-        self.messages = dict.fromkeys(TRACKS, 0)
-        self.audio_bytes = dict.fromkeys(TRACKS, 0)
+        self.flushed = {}  # track -> (messages, audio bytes) already in the metrics
         self.unflushed = 0
 
     def start(self, stream, event):
         STREAMS_STARTED.inc()
 
     def media(self, stream, chunk):
-        self.messages[chunk.track] += 1
-        self.audio_bytes[chunk.track] += len(chunk.audio)
         self.unflushed += 1
         if self.unflushed >= FLUSH_EVERY:
             self._flush(stream)
@@ -95,11 +92,13 @@ class Metrics(Handler):
         STREAMS_ENDED.labels(ended_by.split(" (")[0]).inc()
 
     def _flush(self, stream):
-        for track in TRACKS:
-            if self.messages[track]:
-                MEDIA_MESSAGES.labels(track).inc(self.messages[track])
-                AUDIO_SECONDS.labels(track).inc(self.audio_bytes[track] / stream.sample_rate)
-                self.messages[track] = self.audio_bytes[track] = 0
+        for track, figures in stream.tracks.items():
+            messages, audio_bytes = self.flushed.get(track, (0, 0))
+            if figures.messages > messages:
+                MEDIA_MESSAGES.labels(track).inc(figures.messages - messages)
+                seconds = (figures.audio_bytes - audio_bytes) / stream.sample_rate
+                AUDIO_SECONDS.labels(track).inc(seconds)
+                self.flushed[track] = figures.messages, figures.audio_bytes
         self.unflushed = 0
 
 
