@@ -138,7 +138,6 @@ class StreamHandlers:
             ]
             for name in EVENTS
         }
-        self._media_methods = self._methods["media"]
 
     def connected(self, event):
         self._send("connected", event)
@@ -149,14 +148,7 @@ class StreamHandlers:
             self._bind_methods()  # those that stepped aside get no more events
 
     def media(self, chunk):
-        # _send() for the one event that comes 50 times a second per track.
-        for handler, method in self._media_methods:
-            try:
-                method(self.stream, chunk)
-            except Exception:
-                self.failed(handler, "media")
-        for lane in self.lanes:
-            lane.put("media", (chunk,))
+        self._send("media", chunk)
 
     def dtmf(self, event):
         self._send("dtmf", event)

@@ -140,21 +140,20 @@ class SpeechActivity(Handler):
     def __init__(self, config):
         super().__init__(config)
         self.tracks = {}  # track name -> TrackSpeech
-        # track name -> its TrackSpeech and its own detector (each adapts to its track's noise)
-        self._followed = {}
+        self.vads = {}  # track name -> its own detector: each one adapts to its track's noise
 
     @classmethod
     def enabled(cls, config):
         return config.speech_activity
 
     def media(self, stream, chunk):
-        followed = self._followed.get(chunk.track)
-        if followed is None:
+        track = self.tracks.get(chunk.track)
+        if track is None:
             track = self.tracks[chunk.track] = stream.tracks[chunk.track].speech = TrackSpeech()
-            followed = self._followed[chunk.track] = track, webrtcvad.Vad(AGGRESSIVENESS)
-        track, vad = followed
+            self.vads[chunk.track] = webrtcvad.Vad(AGGRESSIVENESS)
         pcm = chunk.pcm
-        track.add(chunk.chunk - 1, len(pcm) == FRAME_BYTES and vad.is_speech(pcm, SAMPLE_RATE))
+        voiced = len(pcm) == FRAME_BYTES and self.vads[chunk.track].is_speech(pcm, SAMPLE_RATE)
+        track.add(chunk.chunk - 1, voiced)
 
     def end(self, stream, ended_by):
         if not self.tracks:
