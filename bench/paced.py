@@ -44,6 +44,7 @@ from mediastream.simulator import TwilioCall, connect, encode_frame  # noqa: E40
 SERVER_CORE, LOAD_CORE = 0, 1
 TICK = 0.02
 BUSY = 0.95  # a core this busy is full: what is left absorbs bursts
+CONTESTANTS = ["ours", "ours-no-speech", "ours-recording", "tutorial", "websockets", "node"]
 
 
 def frames_of(calls, seconds):
@@ -133,8 +134,8 @@ def main():
     parser.add_argument(
         "--servers",
         nargs="+",
-        default=["ours", "ours-no-speech", "ours-recording", "tutorial", "websockets", "node"],
-        choices=["ours", "ours-no-speech", "ours-recording", "tutorial", "websockets", "node"],
+        default=CONTESTANTS,
+        choices=CONTESTANTS,
     )
     parser.add_argument("--steps", action="store_true", help="find ours' calls per core")
     parser.add_argument(
