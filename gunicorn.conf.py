@@ -8,6 +8,7 @@ PROMETHEUS_MULTIPROC_DIR, if set, is where the workers keep their metrics (empti
 start); otherwise a temporary directory is made, and removed at exit.
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -15,11 +16,21 @@ import tempfile
 from pathlib import Path
 
 # /metrics adds up every worker's figures from files in this directory (prometheus_client's
-# multiprocess mode); it must be set before a worker imports prometheus_client.
+# multiprocess mode). It must exist before gunicorn loads the worker class, whose imports
+# already write to it; a temporary one is removed when gunicorn exits, however it exits
+# (even when it cannot start), by the process that made it: workers run atexit too.
 OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mediastream-metrics-")
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+ARBITER = os.getpid()
+
+
+@atexit.register
+def remove_own_metrics_dir():
+    if OWN_METRICS_DIR and os.getpid() == ARBITER:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
 
 from mediastream import console  # noqa: E402
 from mediastream.config import Config, ConfigError  # noqa: E402
@@ -50,8 +61,3 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-
-
-def on_exit(server):
-    if OWN_METRICS_DIR:
-        shutil.rmtree(METRICS_DIR, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 python simulate.py                          one 10 s call into ws://127.0.0.1:5000/media
 python simulate.py --calls 20 --tracks both --dtmf 42 --mark greeting
-python simulate.py --wav hello.wav          a recording (8000 Hz mono 16-bit PCM WAV)
+python simulate.py --wav hello.wav          a recording (a PCM WAV; converted to 8000 Hz mono)
 python simulate.py --tracks both --wav inbound=caller.wav --wav outbound=agent.wav
 python simulate.py --fast --calls 100       flat out, for load tests
 python simulate.py --param mode=echo --output heard.wav   talk back: what the caller hears
@@ -17,10 +17,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mediastream import g711
-from mediastream.simulator import Plan, mulaw_chunks, read_wav, run, tone
+from mediastream.simulator import Plan, hum, mulaw_chunks, read_wav, run
 
 TRACKS = {"inbound": ("inbound",), "outbound": ("outbound",), "both": ("inbound", "outbound")}
-TONES = {"inbound": 440.0, "outbound": 660.0}  # the built-in signal: a tone per track
+# The built-in audio, looped: the two sides take turns, each a voice-like hum of its own
+# pitch, 1.5 s in every 4 s, so that speech activity (and its talk time) has turns to see.
+PITCHES = {"inbound": 120.0, "outbound": 200.0}
+TURN_STARTS = {"inbound": 0.0, "outbound": 2.0}
 DEFAULT_URL = "ws://127.0.0.1:5000/media"
 DTMF_KEYS = "0123456789*#ABCD"
 
@@ -46,8 +49,8 @@ def parse_arguments(argv):
         action="append",
         default=[],
         metavar="[TRACK=]FILE",
-        help="play this WAV file (8000 Hz mono 16-bit PCM) instead of a tone, on every "
-        "track or on TRACK (repeatable)",
+        help="play this WAV file (PCM; converted to 8000 Hz mono) instead of the built-in "
+        "hum, on every track or on TRACK (repeatable)",
     )
     parser.add_argument("--fast", action="store_true", help="send flat out instead of in real time")
     parser.add_argument(
@@ -112,7 +115,24 @@ def parse_arguments(argv):
         parser.error(f"--dtmf takes the keys of a phone: {DTMF_KEYS}")
     if not all(arguments.mark):
         parser.error("--mark takes a name")
+    for choice in arguments.wav:
+        track = choice.partition("=")[0]
+        if track in TRACKS["both"] and track not in TRACKS[arguments.tracks]:
+            parser.error(
+                f"--wav {choice}: the call streams no {track} track "
+                f"(--tracks {arguments.tracks}); add --tracks {track} or --tracks both"
+            )
+    taken = [path for path in heard_paths(arguments.output, arguments.calls) if path.exists()]
+    if taken:
+        parser.error(f"--output: {taken[0]} exists; remove it or name another file")
     return arguments
+
+
+def built_in_audio(track):
+    """One 4 s turn of the built-in conversation on `track`, as 16-bit PCM."""
+    bytes_per_second = 2 * g711.SAMPLE_RATE
+    voiced = bytes(round(TURN_STARTS[track] * bytes_per_second)) + hum(1.5, PITCHES[track])
+    return voiced + bytes(4 * bytes_per_second - len(voiced))
 
 
 def plan_from(arguments):
@@ -123,12 +143,12 @@ def plan_from(arguments):
         track, _, path = choice.partition("=")
         if track not in TRACKS["both"]:  # a file alone: every track plays it
             track, path = None, choice
-        pcm = read_wav(path)
+        pcm = read_wav(path, on_convert=lambda note: print(f"simulate.py: {note}"))
         recordings.update({track: pcm} if track else dict.fromkeys(tracks, pcm))
     longest = max((len(pcm) / 16000 for pcm in recordings.values()), default=10.0)
     seconds = arguments.seconds or max(longest, 0.02)
     chunks = {
-        track: mulaw_chunks(recordings.get(track) or tone(1.0, TONES[track]), seconds)
+        track: mulaw_chunks(recordings.get(track) or built_in_audio(track), seconds)
         for track in tracks
     }
     return Plan(
@@ -179,19 +199,28 @@ def main(argv=None):
     for line in report.lines():
         print(line)
     if arguments.output:
-        write_heard(arguments.output, report.results)
+        try:
+            write_heard(arguments.output, report.results)
+        except OSError as problem:
+            sys.exit(f"simulate.py: --output: {problem}")
     return 1 if report.failures else 0
 
 
-def write_heard(output, results):
-    """Each call's heard audio as a WAV: `output`, then output-2.wav, ..."""
+def heard_paths(output, calls):
+    """Where --output puts each call's heard audio: FILE, then FILE-2.wav, ..."""
+    if not output:
+        return []
     path = Path(output)
-    for number, result in enumerate(results, 1):
-        name = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
-        with wave.open(str(name), "wb") as wav:
+    return [path] + [path.with_name(f"{path.stem}-{n}{path.suffix}") for n in range(2, calls + 1)]
+
+
+def write_heard(output, results):
+    """Each call's heard audio as a WAV (never over an existing file: checked at the start)."""
+    for path, result in zip(heard_paths(output, len(results)), results, strict=True):
+        with open(path, "xb") as file, wave.open(file, "wb") as wav:
             wav.setnchannels(1)
             wav.setsampwidth(2)
-            wav.setframerate(8000)
+            wav.setframerate(g711.SAMPLE_RATE)
             wav.writeframes(g711.decode(result.heard))
 
 

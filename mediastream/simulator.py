@@ -11,6 +11,7 @@ what Twilio would reject is noted with Twilio's error.
 
 import base64
 import binascii
+import itertools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import struct
 import time
 import uuid
 import wave
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -30,7 +32,7 @@ from twilio.request_validator import RequestValidator
 
 from mediastream import g711
 from mediastream.frames import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_TEXT, unmask
-from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS
+from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLE_RATE
 
 SILENT_CHUNK = bytes([g711.SILENCE]) * g711.CHUNK_SAMPLES
 
@@ -131,30 +133,84 @@ def encode_frame(payload=b"", opcode=OPCODE_TEXT, fin=True, mask=None, length=No
 
 
 def tone(seconds, frequency=440.0):
-    """A tone, as 16-bit PCM at 8000 Hz: the built-in audio."""
-    count = round(seconds * 8000)
+    """A tone, as 16-bit PCM at 8000 Hz."""
+    count = round(seconds * SAMPLE_RATE)
+    step = 2 * math.pi * frequency / SAMPLE_RATE
+    return struct.pack(f"<{count}h", *(round(8000 * math.sin(step * n)) for n in range(count)))
+
+
+def hum(seconds, pitch):
+    """A voice-like hum at `pitch` Hz (a fundamental and its harmonics up to the phone's
+    3.4 kHz), as 16-bit PCM at 8000 Hz: a voice-activity detector takes it for speech,
+    as it does not a pure tone."""
+    harmonics = range(1, int(3400 // pitch) + 1)
+    count = round(seconds * SAMPLE_RATE)
+    step = 2 * math.pi * pitch / SAMPLE_RATE
     return struct.pack(
         f"<{count}h",
-        *(round(8000 * math.sin(2 * math.pi * frequency * n / 8000)) for n in range(count)),
+        *(round(3000 * sum(math.sin(k * step * n) / k for k in harmonics)) for n in range(count)),
     )
 
 
-def read_wav(path):
-    """The 16-bit PCM samples of an 8000 Hz mono WAV file; ValueError says what is wrong."""
+def read_wav(path, on_convert=None):
+    """A PCM WAV file's samples as Twilio's audio: 16-bit, 8000 Hz, mono. Any other rate,
+    channel count or sample width is converted (and `on_convert` told how); ValueError
+    says what is wrong with a file that is not a PCM WAV."""
     try:
         with wave.open(str(path), "rb") as wav:
-            shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
+            rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError) as problem:
         reason = str(problem) or "it ends before its header does"
-        raise ValueError(f"{path}: not a PCM WAV file ({reason})") from None
-    if shape != (8000, 1, 2):
-        rate, channels, width = shape
         raise ValueError(
-            f"{path}: {rate} Hz, {channels} channels, {8 * width}-bit; need 8000 Hz mono "
-            f"16-bit PCM (convert with: sox {path} -r 8000 -c 1 -b 16 out.wav)"
+            f"{path}: not a PCM WAV file ({reason}); save it as a PCM WAV (16-bit, any rate)"
+        ) from None
+    if (rate, channels, width) == (SAMPLE_RATE, 1, 2):
+        return frames
+    samples = _to_rate(_to_mono(_to_16_bit(frames, width), channels), rate)
+    if on_convert:
+        on_convert(
+            f"{path}: {rate} Hz, {channels} channel{'s' * (channels > 1)}, {8 * width}-bit; "
+            f"converted to {SAMPLE_RATE} Hz mono 16-bit, as a call carries it"
         )
-    return frames
+    return samples.tobytes()
+
+
+def _to_16_bit(frames, width):
+    """Samples of any PCM width (8-bit unsigned, 16, 24 or 32-bit signed) as 16-bit."""
+    if width == 1:
+        return array("h", ((byte - 128) << 8 for byte in frames))
+    top = bytearray(len(frames) // width * 2)  # each sample's two most significant bytes
+    top[0::2], top[1::2] = frames[width - 2 :: width], frames[width - 1 :: width]
+    return array("h", bytes(top))
+
+
+def _to_mono(samples, channels):
+    if channels == 1:
+        return samples
+    mixed = zip(*(samples[c::channels] for c in range(channels)), strict=False)
+    return array("h", (sum(frame) // channels for frame in mixed))
+
+
+def _to_rate(samples, rate):
+    """Resampled to 8000 Hz: averaged over each output sample's span (so that what the
+    phone band cannot carry does not fold back in), then interpolated linearly."""
+    if rate == SAMPLE_RATE or not samples:
+        return samples
+    ratio = rate / SAMPLE_RATE
+    if ratio > 1:
+        width = int(ratio)
+        sums = [0, *itertools.accumulate(samples)]
+        samples = [(sums[n + width] - sums[n]) / width for n in range(len(samples) - width + 1)]
+    count = int(len(samples) / ratio)
+    last = len(samples) - 1
+    out = array("h")
+    for n in range(count):
+        position = n * ratio
+        i = min(int(position), last)
+        following = samples[min(i + 1, last)]
+        out.append(round(samples[i] + (following - samples[i]) * (position - i)))
+    return out
 
 
 def mulaw_chunks(pcm, seconds):
@@ -209,10 +265,18 @@ def play_call(plan, progress=None):
     try:
         sock = connect(plan.url, _handshake_headers(plan))
     except Refused as refusal:
-        result.failure = f"refused: HTTP {refusal}"
+        result.failure = f"refused: HTTP {refusal}{_why_refused(str(refusal), plan.url)}"
+        return result
+    except ssl.SSLError as error:
+        result.failure = (
+            f"failed to connect: the TLS handshake failed ({error.reason}): the server takes "
+            "plain ws:// on this port (app.py does; TLS comes from a proxy such as ngrok)"
+        )
         return result
     except OSError as error:
-        result.failure = f"failed to connect: {error}"
+        result.failure = f"failed to connect: {error.strerror or error}"
+        if isinstance(error, ConnectionRefusedError):
+            result.failure += f" (is the server running at {urlsplit(plan.url).netloc}?)"
         return result
     writing = Semaphore()  # the call's messages and the echoed marks share the socket
 
@@ -278,6 +342,15 @@ def _messages(call, plan, sending):
     for name in plan.marks:
         yield call.mark(name)
     yield call.stop()
+
+
+def _why_refused(status, url):
+    """What a refusal of our handshake most likely means, for the report."""
+    if status.startswith("404"):
+        return f": no WebSocket route at {urlsplit(url).path or '/'} (the server's is /media)"
+    if status.startswith("403"):
+        return ": the server checks X-Twilio-Signature (give --auth-token, and --signed-url)"
+    return ""
 
 
 def _handshake_headers(plan):

@@ -161,21 +161,23 @@ class SpeechActivity(Handler):
         for track in self.tracks.values():
             track.finish()
         talk = [
-            f"{name} talk {_seconds(track.finished_frames)} "
+            f"{name} talk {duration(track.finished_frames)} "
             f"({_share(track.finished_frames, track.frames)})"
             for name, track in self.tracks.items()
         ]
         if len(self.tracks) == 2:
             frames, count = overtalk(*self.tracks.values())
-            talk[-1] += f"; overtalk {_seconds(frames)} ({_times(count)})"
+            talk[-1] += f"; overtalk {duration(frames)} ({_times(count)})"
         stream.log.info("speech: %s", ", ".join(talk))
         frames, at = longest_silence(self.tracks.values())
         if at is not None:
-            stream.log.info("speech: longest silence %s at %s", _seconds(frames), clock(at))
+            stream.log.info("speech: longest silence %s at %s", duration(frames), clock(at))
 
 
-def _seconds(frames):
-    return f"{frames * CHUNK_MS / 1000:.1f} s"
+def duration(frames):
+    """Frames as seconds for a person: tenths, or hundredths where tenths would say 0.0."""
+    seconds = frames * CHUNK_MS / 1000
+    return f"{seconds:.2f} s" if 0 < seconds < 0.05 else f"{seconds:.1f} s"
 
 
 def _times(count):

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import gevent
 from gevent import GreenletExit
@@ -87,6 +88,13 @@ class Engine:
 @functools.cache
 def load_engine(model, backlog_seconds):
     """The engine for TRANSCRIBE, loaded once; None (said in one line) when it cannot be."""
+    if _looks_like_a_path(model) and not Path(model).expanduser().is_dir():
+        startup.warning(
+            "TRANSCRIBE=%s: no such directory (give a model directory, or a model name such "
+            "as tiny.en): no transcripts",
+            model,
+        )
+        return None
     try:
         from faster_whisper import WhisperModel
     except ImportError:
@@ -109,6 +117,11 @@ def load_engine(model, backlog_seconds):
         return None
     startup.info("transcribing each utterance with %s, %d at a time", model, threads)
     return Engine(whisper, threads, backlog_seconds)
+
+
+def _looks_like_a_path(model):
+    """A directory, not a model name: names (tiny.en, or a hub's org/model) look unlike it."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1
 
 
 class Utterances:

@@ -3,12 +3,14 @@
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import websocket
-from conftest import ServerProcess
+from conftest import REPO, ServerProcess
 
 from mediastream.simulator import TwilioCall
 
@@ -88,3 +90,28 @@ def test_stopping_gunicorn_summarises_every_open_stream(gunicorn, how):
         summary = gunicorn.summary(call, timeout=0)
         assert "ended by server shutdown" in summary
         assert "inbound 5 messages" in summary
+
+
+def test_gunicorn_leaves_no_metrics_directory_behind(tmp_path):
+    """Its temporary metrics directory goes when gunicorn stops, and when it cannot start."""
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    running = ServerProcess(
+        tmp_path / "console.log",
+        command=GUNICORN,
+        listening=r"Listening at: http://[\d.]+:(\d+)",
+        TMPDIR=str(own_tmp),
+    )
+    assert [path.name[:20] for path in own_tmp.iterdir()] == ["mediastream-metrics-"]
+    port_in_use = subprocess.run(
+        [sys.executable, *GUNICORN],
+        cwd=REPO,
+        env={**os.environ, "HOST": "127.0.0.1", "PORT": str(running.port), "TMPDIR": str(own_tmp)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert port_in_use.returncode != 0 and "Address already in use" in port_in_use.stderr
+    assert len(list(own_tmp.iterdir())) == 1  # the running one's only
+    assert running.stop() == 0
+    assert list(own_tmp.iterdir()) == []

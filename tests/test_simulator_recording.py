@@ -1,8 +1,11 @@
 """The simulator plays calls into the real server; the server records them to WAV files."""
 
+import itertools
+import math
 import random
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -12,7 +15,7 @@ import wave
 import pytest
 from conftest import REPO, simulate
 
-from mediastream import g711
+from mediastream import g711, simulator
 from mediastream.config import Config
 from mediastream.messages import Media, Start
 from mediastream.recording import MAX_SILENCE_CHUNKS, Recording
@@ -85,7 +88,7 @@ def test_concurrent_calls_with_both_tracks_get_a_file_per_track(start_server, tm
         inbound = read_wav(recordings / f"{stream}-inbound.wav")
         outbound = read_wav(recordings / f"{stream}-outbound.wav")
         assert len(inbound) == len(outbound) == 50 * 2 * SAMPLES_PER_CHUNK
-        assert inbound != outbound  # the built-in signal is a different tone per track
+        assert inbound != outbound  # the built-in audio differs per track
 
 
 def test_shutdown_with_a_call_open_leaves_a_file_that_plays(start_server, tmp_path):
@@ -207,14 +210,32 @@ def test_refused_and_failed_connections_are_reported_with_their_status(server):
     )
     assert result.returncode == 1
     assert "simulated 2 calls (0 completed, 2 failed)" in result.stdout
-    assert result.stdout.count("refused: HTTP 404 Not Found") == 2
+    refusal = "refused: HTTP 404 Not Found: no WebSocket route at /wrong (the server's is /media)"
+    assert result.stdout.count(refusal) == 2
+
+
+def test_tls_to_the_plain_port_and_no_server_are_said_plainly(server):
+    status, report = simulate(server, "--url", f"wss://127.0.0.1:{server.port}/media")
+    assert status == 1
+    assert "the TLS handshake failed (" in report
+    assert "the server takes plain ws:// on this port" in report
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        free = unused.getsockname()[1]
+    status, report = simulate(server, "--url", f"ws://127.0.0.1:{free}/media")
+    assert status == 1
+    assert (
+        f"failed to connect: Connection refused (is the server running at 127.0.0.1:{free}?)"
+        in report
+    )
 
 
 def test_a_signed_simulation_passes_the_signature_check(start_server):
     token = "f" * 32
     guarded = start_server(TWILIO_AUTH_TOKEN=token, PUBLIC_URL="wss://sim.ngrok.app")
     status, report = simulate(guarded, "--seconds", "0.2", "--fast")
-    assert status == 1 and "refused: HTTP 403 Forbidden" in report
+    assert status == 1
+    assert "refused: HTTP 403 Forbidden: the server checks X-Twilio-Signature" in report
     status, report = simulate(
         guarded,
         "--seconds",
@@ -228,16 +249,55 @@ def test_a_signed_simulation_passes_the_signature_check(start_server):
     assert status == 0, report
 
 
-def test_a_wav_in_another_format_gets_a_clear_error(server, tmp_path):
-    write_wav(tmp_path / "cd.wav", bytes(4 * 441), rate=44100, channels=2)
-    status, report = simulate(server, "--wav", str(tmp_path / "cd.wav"))
-    assert status != 0
-    assert "44100 Hz, 2 channels, 16-bit; need 8000 Hz mono 16-bit PCM" in report
+def test_a_wav_in_another_format_is_converted_as_a_call_would_carry_it(start_server, tmp_path):
+    recordings = tmp_path / "recordings"
+    server = start_server(RECORDINGS_DIR=str(recordings))
+    cd_tone = [round(8000 * math.sin(2 * math.pi * 440 * n / 44100)) for n in range(44100)]
+    stereo = struct.pack(f"<{2 * 44100}h", *(sample for s in cd_tone for sample in (s, s)))
+    write_wav(tmp_path / "cd.wav", stereo, rate=44100, channels=2)
+    status, report = simulate(server, "--wav", str(tmp_path / "cd.wav"), "--fast")
+    assert status == 0, report
+    assert "cd.wav: 44100 Hz, 2 channels, 16-bit; converted to 8000 Hz mono 16-bit" in report
+    server.wait_for("summary:")
+    (name,) = recorded_files(recordings)
+    samples = struct.unpack(f"<{8000}h", read_wav(recordings / name))  # 1 s, 50 chunks
+    crossings = sum(a < 0 <= b or b < 0 <= a for a, b in itertools.pairwise(samples))
+    assert crossings == pytest.approx(2 * 440, abs=4)  # still a 440 Hz tone
+    assert max(samples) == pytest.approx(8000, rel=0.1)  # at its level
+
+
+def test_any_pcm_sample_width_reads_as_16_bit(tmp_path):
+    pcm16 = struct.pack("<4h", 0, 256, -256, 32767)
+    write_wav(
+        tmp_path / "24.wav", b"".join(b"\x7f" + pcm16[n : n + 2] for n in (0, 2, 4, 6)), width=3
+    )
+    write_wav(tmp_path / "8.wav", bytes([128, 129, 127, 255]), width=1)
+    assert simulator.read_wav(tmp_path / "24.wav") == pcm16
+    assert struct.unpack("<4h", simulator.read_wav(tmp_path / "8.wav")) == (0, 256, -256, 32512)
+
+
+def test_a_file_that_is_not_a_pcm_wav_gets_a_clear_error(server, tmp_path):
     (tmp_path / "text.wav").write_text("hello")
     status, report = simulate(server, "--wav", str(tmp_path / "text.wav"))
     assert status != 0 and "not a PCM WAV file (it ends before its header does)" in report
     status, report = simulate(server, "--wav", str(tmp_path / "missing.wav"))
     assert status != 0 and "No such file" in report
+
+
+def test_output_never_replaces_a_file(tmp_path):
+    (tmp_path / "heard-2.wav").write_bytes(b"mine")
+    result = subprocess.run(
+        [sys.executable, "simulate.py", "--calls", "2", "--output", str(tmp_path / "heard.wav")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert (
+        f"--output: {tmp_path / 'heard-2.wav'} exists; remove it or name another" in result.stderr
+    )
+    assert (tmp_path / "heard-2.wav").read_bytes() == b"mine"
 
 
 @pytest.mark.parametrize(
@@ -247,6 +307,15 @@ def test_a_wav_in_another_format_gets_a_clear_error(server, tmp_path):
         (["--lose", "0"], "--lose takes chunk numbers, which start at 1"),
         (["--dtmf", "12x"], "--dtmf takes the keys of a phone: 0123456789*#ABCD"),
         (["--mark", ""], "--mark takes a name"),
+        (
+            ["--wav", "outbound=x.wav"],
+            "--wav outbound=x.wav: the call streams no outbound track (--tracks inbound); "
+            "add --tracks outbound or --tracks both",
+        ),
+        (
+            ["--tracks", "outbound", "--wav", "inbound=x.wav"],
+            "--wav inbound=x.wav: the call streams no inbound track (--tracks outbound)",
+        ),
     ],
 )
 def test_options_that_cannot_work_are_refused_with_a_reason(arguments, error):

@@ -11,6 +11,7 @@ from mediastream.speech import (
     ONSET_FRAMES,
     VAD_OVERHANG_FRAMES,
     TrackSpeech,
+    duration,
     longest_silence,
     overtalk,
     turns,
@@ -137,3 +138,23 @@ def test_speech_activity_off(start_server):
     play_fixture(quiet)
     quiet.wait_for(r"summary: .*")
     assert not quiet.lines("speech:")
+
+
+def test_a_time_too_short_for_tenths_is_not_shown_as_none():
+    assert [duration(frames) for frames in (0, 1, 2, 3, 45)] == [
+        "0.0 s",
+        "0.02 s",
+        "0.04 s",
+        "0.1 s",
+        "0.9 s",
+    ]
+
+
+def test_the_simulators_built_in_audio_is_two_sides_taking_turns(start_server):
+    server = start_server()
+    status, report = simulate(server, "--tracks", "both", "--seconds", "8", "--fast")
+    assert status == 0, report
+    line = server.wait_for(r"\[(\w{8})\] speech: inbound talk .*").group(0)
+    talk = re.search(r"inbound talk ([\d.]+) s .* outbound talk ([\d.]+) s", line).groups()
+    assert [float(seconds) for seconds in talk] == pytest.approx([3.0, 3.0], abs=0.2)
+    assert "overtalk 0.0 s (0 times)" in line

@@ -137,9 +137,16 @@ def test_past_the_backlog_utterances_are_skipped_and_the_call_goes_on(start_serv
 
 @engine
 @pytest.mark.transcribe
-def test_a_model_that_is_not_there_is_one_line_and_the_server_runs(start_server):
-    server = start_server(TRANSCRIBE="/no/such/model", HF_HUB_OFFLINE="1")
-    (line,) = server.lines("TRANSCRIBE=/no/such/model: the model cannot be loaded")
+def test_a_model_that_cannot_be_loaded_is_one_line_and_the_server_runs(start_server, tmp_path):
+    server = start_server(TRANSCRIBE=str(tmp_path), HF_HUB_OFFLINE="1")  # no model.bin
+    (line,) = server.lines(f"TRANSCRIBE={tmp_path}: the model cannot be loaded")
+    assert line.endswith(": no transcripts")
+    assert server.lines("listening on")
+
+
+def test_a_mistyped_model_directory_is_named_as_one(start_server):
+    server = start_server(TRANSCRIBE="/tmp/nowhere/model")
+    (line,) = server.lines("TRANSCRIBE=/tmp/nowhere/model: no such directory")
     assert line.endswith(": no transcripts")
     assert server.lines("listening on")
 
