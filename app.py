@@ -18,6 +18,7 @@ from gevent.event import Event
 from mediastream.config import Config, ConfigError
 from mediastream.console import Console, configure_logging, startup
 from mediastream.handlers import StreamHandlers, enabled
+from mediastream.keywords import Keywords
 from mediastream.messages import (
     BadMessage,
     Connected,
@@ -32,6 +33,7 @@ from mediastream.metrics import Metrics, exposition
 from mediastream.pages import about, health
 from mediastream.recording import Recording
 from mediastream.security import signature_check
+from mediastream.sentiment import Sentiment
 from mediastream.speech import SpeechActivity
 from mediastream.stream import NOTHING_MISSING, MediaStream
 from mediastream.talkback import Echo, Prompt, Talkback
@@ -48,10 +50,21 @@ from mediastream.websocket import (
 
 # What every stream gets: the console (first, so its summary comes last), its figures in
 # the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
-# SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set, and, when the TwiML asks for
-# it, the caller's echo (mode=echo) or a greeting they can talk over (mode=prompt). Add
-# your own handlers after these (see mediastream/handlers.py and the README's "Build on it").
-DEFAULT_HANDLERS = (Console, Metrics, Recording, SpeechActivity, Transcript, Echo, Prompt)
+# SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set (and in it, the KEYWORDS and the
+# sentiment), and, when the TwiML asks for it, the caller's echo (mode=echo) or a greeting
+# they can talk over (mode=prompt). Add your own handlers after these (see
+# mediastream/handlers.py and docs/handlers.md).
+DEFAULT_HANDLERS = (
+    Console,
+    Metrics,
+    Recording,
+    SpeechActivity,
+    Transcript,
+    Keywords,
+    Sentiment,
+    Echo,
+    Prompt,
+)
 
 
 def create_app(config=None, handlers=DEFAULT_HANDLERS):

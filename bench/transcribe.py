@@ -59,7 +59,7 @@ def one_load(calls):
         server.stop()
     lines = [json.loads(line) for line in console.splitlines()]
     events = [line for line in lines if "figures" in line]
-    latencies = [e["figures"]["latency_seconds"] for e in events if e["event"] == "utterance"]
+    latencies = [e["figures"]["latency"] for e in events if e["event"] == "utterance"]
     ends = [e["figures"] for e in events if e["event"] == "transcript"]
     skipped = sum(figures["skipped"] + figures["unfinished"] for figures in ends)
     return latencies, skipped, cpu

@@ -29,6 +29,8 @@ class Config:
     dial_number: str | None = None
     transcribe: str | None = None
     transcribe_backlog_seconds: float = 30.0
+    keywords: tuple = ()
+    sentiment: bool = True
 
     @classmethod
     def from_environ(cls, environ=None):
@@ -61,6 +63,8 @@ class Config:
                 float,
                 cls.transcribe_backlog_seconds,
             ),
+            keywords=_keywords(environ.get("KEYWORDS")),
+            sentiment=_on_off(environ.get("SENTIMENT"), "SENTIMENT", True),
         )
         if config.transcribe and not config.speech_activity:
             raise ConfigError("TRANSCRIBE needs SPEECH_ACTIVITY on: it cuts the utterances")
@@ -123,6 +127,17 @@ def _on_off(text, name, default):
     if text.lower() not in ("on", "off"):
         raise ConfigError(f"{name} must be on or off, not {text!r}")
     return text.lower() == "on"
+
+
+def _keywords(text):
+    """Words or phrases, comma-separated: lower case, one space between words, no repeats."""
+    if not text:
+        return ()
+    phrases = dict.fromkeys(" ".join(phrase.split()).lower() for phrase in text.split(","))
+    phrases.pop("", None)
+    if not phrases:
+        raise ConfigError(f"KEYWORDS must list words or phrases, comma-separated, not {text!r}")
+    return tuple(phrases)
 
 
 def _recordings_dir(text):

@@ -21,6 +21,10 @@ How events reach handlers:
 - A method that raises is logged once, with the traceback; that handler gets no more
   events for that stream but its end(). The call and the other handlers go on; the
   summary names the handler.
+- utterance(): what a track said, as the transcript (transcript.py) makes it; every
+  handler gets it like any other event, in the order of the console's lines. Handlers
+  that pass on events of their own (the transcript) send their last ones in finish(),
+  which comes before anyone's end().
 - end() is called once for every handler, however the stream ended, after all its other
   events: handlers that may block first (the stream waits up to END_WAIT_SECONDS for them
   to work through their queue, then drops what is left), then the others last-first, so
@@ -35,7 +39,7 @@ from gevent.event import Event
 
 END_WAIT_SECONDS = 2.0
 
-EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop", "gap", "bad_message")
+EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop", "gap", "bad_message", "utterance")
 
 
 class Handler:
@@ -88,6 +92,16 @@ class Handler:
     def bad_message(self, stream, problem):
         """A message that was not a Twilio event, ignored; `problem` says why."""
 
+    def utterance(self, stream, utterance):
+        """What one track said (transcript.Utterance; with TRANSCRIBE set): utterance.track,
+        .start and .end (seconds into the call), .text, .latency (seconds from the end of
+        the speech to the text), .keywords (those of KEYWORDS it contains) and .sentiment
+        (VADER's compound score, -1 to 1), where those handlers run before yours."""
+
+    def finish(self, stream):
+        """For a handler that passes on events of its own and never blocks: the stream has
+        ended; send the last of them now, before anyone's end()."""
+
     def end(self, stream, ended_by):
         """Called once, last, however the stream ended: `ended_by` says how ("stop",
         "disconnect", "server shutdown", "client close (1000)", ...)."""
@@ -108,6 +122,7 @@ class StreamHandlers:
 
     def __init__(self, stream, factories, config):
         self.stream = stream
+        stream.handlers = self  # handlers that pass on events call stream.handlers.utterance()
         handlers = [handler for handler in (self._make(f, config) for f in factories) if handler]
         self.lanes = [Lane(self, handler) for handler in handlers if handler.may_block]
         self._inline = [handler for handler in handlers if not handler.may_block]
@@ -165,6 +180,9 @@ class StreamHandlers:
     def bad_message(self, problem):
         self._send("bad_message", problem)
 
+    def utterance(self, utterance):
+        self._send("utterance", utterance)
+
     def _send(self, name, *args):
         for handler, method in self._methods[name]:
             try:
@@ -177,6 +195,9 @@ class StreamHandlers:
     def end(self, ended_by):
         """End every handler (see the module's docstring for the order)."""
         self.stream.ended()
+        for handler in self._inline:
+            if handler not in self._broken:
+                self.call(handler, "finish")
         for lane in self.lanes:
             lane.put("end", (ended_by,))
         try:

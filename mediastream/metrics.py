@@ -48,6 +48,9 @@ AUDIO_SENT_SECONDS = Counter("mediastream_audio_sent_seconds", "Seconds of audio
 TRANSCRIBED = Counter(
     "mediastream_utterances", "Utterances transcribed, or skipped under load", ["outcome"]
 )
+KEYWORD_HITS = Counter(
+    "mediastream_keyword_hits", "Utterances that contained a keyword (KEYWORDS)", ["keyword"]
+)
 
 FLUSH_EVERY = 50  # media messages counted in the handler before they reach the metrics
 PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")

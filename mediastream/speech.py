@@ -171,7 +171,9 @@ class SpeechActivity(Handler):
         stream.log.info("speech: %s", ", ".join(talk))
         frames, at = longest_silence(self.tracks.values())
         if at is not None:
-            stream.log.info("speech: longest silence %s at %s", duration(frames), clock(at))
+            stream.log.info(
+                "speech: longest silence %s at %s", duration(frames), clock(at * CHUNK_MS / 1000)
+            )
 
 
 def duration(frames):
@@ -188,7 +190,7 @@ def _share(part, whole):
     return f"{100 * part / whole:.0f}%" if whole else "0%"
 
 
-def clock(frame):
-    """mm:ss.s into the stream."""
-    minutes, seconds = divmod(frame * CHUNK_MS / 1000, 60)
+def clock(seconds):
+    """Seconds into the stream as mm:ss.s."""
+    minutes, seconds = divmod(seconds, 60)
     return f"{int(minutes):02d}:{seconds:04.1f}"

@@ -12,20 +12,25 @@ model is said in one line at startup.
 - Each utterance is upsampled to Whisper's 16 kHz and transcribed with faster-whisper
   (CTranslate2, int8, on the CPU) in a thread pool shared by every stream (CTranslate2
   releases the GIL), so reading sockets never waits for the model.
-- The lines come out per stream in the order the utterances ended:
-  `[tag] inbound 00:12.4: "Hi, I'm calling about my order."`. With RECORDINGS_DIR set,
-  each stream also gets <streamSid>-transcript.jsonl beside its WAVs, a line written as
-  each utterance is transcribed.
+- Each utterance's text becomes an Utterance, which every handler of the stream gets
+  (`utterance()`; keywords.py and sentiment.py are two), then its console line
+  `[tag] inbound 00:12.4: "Hi, I'm calling about my order."`, per stream in the order the
+  utterances ended. With RECORDINGS_DIR set, each stream also gets
+  <streamSid>-transcript.jsonl beside its WAVs, a line written as each utterance is
+  transcribed, with what the handlers found in it (keywords, sentiment).
 - Under load it degrades, never stalls: past TRANSCRIBE_BACKLOG_SECONDS of audio waiting
   for the model (the whole server's), utterances are skipped, counted, with one WARNING
   per stream; the call streams and records as ever.
 """
 
 import functools
+import io
 import json
 import logging
 import os
 import time
+import wave
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import gevent
@@ -48,41 +53,100 @@ log = logging.getLogger("mediastream")
 startup = logging.getLogger("mediastream.startup")
 
 
+@dataclass
+class Utterance:
+    """What one track said, for the handlers' utterance(): times in seconds into the call."""
+
+    track: str
+    start: float
+    end: float
+    text: str
+    latency: float  # seconds from the end of the speech to the text
+    keywords: list = field(default_factory=list)  # of KEYWORDS, as keywords.Keywords found
+    sentiment: float | None = None  # VADER's compound score (-1 to 1), as sentiment.Sentiment
+
+    def figures(self):
+        """For the transcript file and the JSON logs: what is known of it, rounded."""
+        known = {key: value for key, value in asdict(self).items() if value not in (None, [])}
+        return {key: round(v, 3) if isinstance(v, float) else v for key, v in known.items()}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How Whisper hears an utterance. The defaults won on the evaluation set
+    (bench/transcript_quality.py; the table is in docs/speech-and-transcripts.md)."""
+
+    resampler: str = "pyav"  # 8 to 16 kHz: "pyav" (faster-whisper's own), or "linear"
+    beam_size: int = 5
+    emphasis: float = 0.8  # pre-emphasis: a phone's audio lacks the highs Whisper knows
+    previous_text: bool = False  # the track's last text as Whisper's initial prompt
+
+
+def whisper_input(pcm, decoding):
+    """16-bit PCM at 8 kHz as Whisper's input: float samples at 16 kHz, high frequencies
+    lifted by a first-order pre-emphasis (each sample less `emphasis` times the last)."""
+    samples = upsample(pcm, decoding.resampler)
+    if decoding.emphasis:
+        samples[1:] -= decoding.emphasis * samples[:-1].copy()
+    return samples
+
+
+def upsample(pcm, resampler):
+    """16-bit PCM at 8 kHz as float samples at 16 kHz."""
+    import numpy  # faster-whisper's own dependency
+
+    if resampler == "pyav":  # libswresample, through faster-whisper's decode_audio
+        from faster_whisper.audio import decode_audio
+
+        wav = io.BytesIO()
+        with wave.open(wav, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(SAMPLE_RATE)
+            out.writeframes(pcm)
+        wav.seek(0)
+        return decode_audio(wav, sampling_rate=16000)
+    samples = numpy.frombuffer(pcm, numpy.int16).astype(numpy.float32) / 32768
+    positions = numpy.arange(2 * len(samples)) / 2
+    return numpy.interp(positions, numpy.arange(len(samples)), samples).astype(numpy.float32)
+
+
+def transcribe(model, pcm, decoding=Decoding(), prompt=None):
+    """The text of an utterance (16-bit PCM at 8 kHz), with faster-whisper's `model`."""
+    segments, _ = model.transcribe(
+        whisper_input(pcm, decoding),
+        beam_size=decoding.beam_size,
+        temperature=0.0,  # no sampled retries: the same audio always gives the same text
+        initial_prompt=prompt if decoding.previous_text else None,
+        vad_filter=False,
+        condition_on_previous_text=False,
+    )
+    return " ".join(segment.text.strip() for segment in segments)
+
+
 class Engine:
     """faster-whisper's model and the threads that run it, shared by every stream."""
 
-    def __init__(self, model, threads, backlog_seconds):
+    def __init__(self, model, threads, backlog_seconds, decoding=Decoding()):
         self.model = model
         self.pool = ThreadPool(threads)
         self.backlog_seconds = backlog_seconds
+        self.decoding = decoding
         self.waiting_seconds = 0.0  # audio submitted and not yet transcribed
 
-    def submit(self, pcm):
+    def submit(self, pcm, prompt=None):
         """Transcribe 16-bit PCM at 8 kHz in the pool: an AsyncResult of its text, or None
         when the backlog is full."""
         seconds = len(pcm) / 2 / SAMPLE_RATE
         if self.waiting_seconds + seconds > self.backlog_seconds:
             return None
         self.waiting_seconds += seconds
-        result = self.pool.spawn(self._transcribe, pcm)
+        result = self.pool.spawn(transcribe, self.model, pcm, self.decoding, prompt)
         result.rawlink(lambda _: self._done(seconds))
         return result
 
     def _done(self, seconds):
         self.waiting_seconds -= seconds
-
-    def _transcribe(self, pcm):
-        """In a pool thread: Whisper takes float samples at 16 kHz."""
-        import numpy  # faster-whisper's own dependency
-
-        samples = numpy.frombuffer(pcm, numpy.int16).astype(numpy.float32) / 32768
-        upsampled = numpy.interp(
-            numpy.arange(2 * len(samples)) / 2, numpy.arange(len(samples)), samples
-        ).astype(numpy.float32)
-        segments, _ = self.model.transcribe(
-            upsampled, beam_size=1, vad_filter=False, condition_on_previous_text=False
-        )
-        return " ".join(segment.text.strip() for segment in segments)
 
 
 @functools.cache
@@ -221,7 +285,8 @@ class Transcript(Handler):
             pcm, start, end = finished
             self._submit(stream, chunk.track, pcm, start, end, frames_ago=chunk.chunk - end)
 
-    def end(self, stream, ended_by):
+    def finish(self, stream):
+        """The utterances under way when the stream ended, to every handler before end()."""
         for track, utterances in self.tracks.items():
             finished = utterances.finish(stream.tracks[track].speech)
             if finished:
@@ -230,7 +295,9 @@ class Transcript(Handler):
             gevent.wait([entry[3] for entry in self.pending], timeout=END_WAIT_SECONDS)
         except GreenletExit:
             pass  # the server is shutting down: wait no longer
-        self._print_ready(stream)
+        self._pass_on_ready(stream)
+
+    def end(self, stream, ended_by):
         stream.log.info(
             "transcript: %d utterances transcribed, %d skipped%s",
             self.transcribed,
@@ -265,10 +332,11 @@ class Transcript(Handler):
         # only after a pause): the latency of its line counts from there.
         ended_at = time.monotonic() - frames_ago * CHUNK_SECONDS
         self.pending.append([track, start, end, result, ended_at])
-        result.rawlink(lambda _: self._print_ready(stream))
+        result.rawlink(lambda _: self._pass_on_ready(stream))
 
-    def _print_ready(self, stream):
-        """Print the transcribed utterances, in the order they were cut."""
+    def _pass_on_ready(self, stream):
+        """The transcribed utterances, in the order they were cut: to every handler (the
+        keywords and sentiment handlers fill in theirs), then the console and the file."""
         while self.pending and self.pending[0][3].ready():
             track, start, end, result, ended_at = self.pending.pop(0)
             if not result.successful():
@@ -277,24 +345,24 @@ class Transcript(Handler):
                 continue
             self.transcribed += 1
             TRANSCRIBED.labels("transcribed").inc()
-            text = result.get()
-            figures = {
-                "track": track,
-                "start": round(start * CHUNK_SECONDS, 2),
-                "end": round(end * CHUNK_SECONDS, 2),
-                "text": text,
-                "latency_seconds": round(time.monotonic() - ended_at, 3),
-            }
+            utterance = Utterance(
+                track,
+                start * CHUNK_SECONDS,
+                end * CHUNK_SECONDS,
+                result.get(),
+                latency=time.monotonic() - ended_at,
+            )
+            stream.handlers.utterance(utterance)
+            figures = utterance.figures()
             stream.log.info(
                 '%s %s: "%s"',
                 track,
-                clock(start),
-                text,
+                clock(utterance.start),
+                utterance.text,
                 extra={"event": "utterance", "figures": figures},
             )
             if self.file:
-                line = {key: figures[key] for key in ("track", "start", "end", "text")}
-                self.file.write(json.dumps(line) + "\n")
+                self.file.write(json.dumps(figures) + "\n")
                 self.file.flush()
 
 

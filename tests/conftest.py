@@ -70,6 +70,14 @@ class ServerProcess:
         """A WebSocket client connected to the server, as Twilio would connect."""
         return websocket.create_connection(self.url + path, timeout=10, **options)
 
+    def expected_traceback(self, error):
+        """For a test that makes a handler fail on purpose: the console has one traceback,
+        with `error`; stop the server and mark it expected, for the fixtures' check."""
+        self.stop()
+        log = self.log()
+        assert log.count("Traceback") == 1 and error in log
+        self.log_path.write_text(log.replace("Traceback", "(expected traceback)"))
+
     def stop(self, signum=signal.SIGTERM, timeout=10):
         """Send a signal and return the exit status."""
         if self.process.poll() is None:

@@ -87,6 +87,28 @@ class Talker(Handler):
         stream.talkback.clear()
 
 
+class SlowListener(Handler):
+    """Takes 0.5 s over each utterance, as a call to a language model would."""
+
+    def utterance(self, stream, utterance):
+        gevent.sleep(0.5)
+        stream.log.info(
+            "SlowListener: %s %.2f %s", utterance.track, utterance.start, utterance.text
+        )
+
+    def end(self, stream, ended_by):
+        stream.log.info("SlowListener: end")
+
+
+class BrokenListener(Handler):
+    """Raises on the first utterance."""
+
+    may_block = False
+
+    def utterance(self, stream, utterance):
+        raise ValueError("no words today")
+
+
 class Unmakeable(Handler):
     def __init__(self, config):
         raise RuntimeError("no")

