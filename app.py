@@ -163,8 +163,11 @@ def receive(stream, handlers, message):
 
 
 def serve(app):
-    """Serve `app` with gevent until SIGTERM or SIGINT, then end every open stream."""
+    """Serve `app` with gevent. SIGTERM (a deploy) drains: new calls are refused and the open
+    ones go on until they end, or until DRAIN_TIMEOUT ends them; SIGINT (Ctrl-C), or SIGTERM
+    again, ends every open stream at once. Either way each stream writes its summary."""
     config = app.config["MEDIASTREAM"]
+    connections = app.extensions["connections"]
     server = MediaStreamServer(
         (config.host, config.port),
         app,
@@ -173,16 +176,23 @@ def serve(app):
     )
     finished = Event()
 
-    def shut_down():
-        # While the streams end, /healthz says 503 and new calls are refused, so that a
-        # load balancer sees the server go; then the listener closes.
-        app.extensions["connections"].end_all()
-        server.close()
-        server.stop(timeout=1)
-        finished.set()
+    def stop(end_streams):
+        # Until the streams have ended, the listener stays open: /healthz says 503 and new
+        # calls are refused, so that a load balancer sees the server go.
+        end_streams()
+        if not finished.is_set():
+            server.close()
+            server.stop(timeout=1)
+            finished.set()
 
-    gevent.signal_handler(signal.SIGTERM, shut_down)
-    gevent.signal_handler(signal.SIGINT, shut_down)
+    def terminate():
+        if connections.state == "ok":
+            gevent.spawn(stop, lambda: connections.drain(config.drain_timeout))
+        else:
+            stop(connections.end_all)
+
+    gevent.signal_handler(signal.SIGTERM, terminate)
+    gevent.signal_handler(signal.SIGINT, stop, connections.end_all)
     try:
         server.start()
     except OSError as error:  # the port is taken, or HOST is unknown or not this machine's

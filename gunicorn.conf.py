@@ -2,8 +2,8 @@
 
     gunicorn 'app:create_app()'
 
-HOST, PORT, LOG_LEVEL and LOG_FORMAT mean what they mean for `python app.py`;
-WEB_CONCURRENCY (gunicorn's own variable) overrides the number of workers.
+HOST, PORT, LOG_LEVEL, LOG_FORMAT, DRAIN_TIMEOUT and the rest mean what they mean for
+`python app.py`; WEB_CONCURRENCY (gunicorn's own variable) overrides the number of workers.
 PROMETHEUS_MULTIPROC_DIR, if set, is where the workers keep their metrics (emptied at
 start); otherwise a temporary directory is made, and removed at exit.
 """
@@ -45,6 +45,9 @@ except ConfigError as problem:
 bind = f"{settings.host}:{settings.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
 worker_class = "mediastream.worker.Worker"
+# On SIGTERM each worker drains for up to DRAIN_TIMEOUT, then ends what is left and writes
+# the summaries; the arbiter kills a worker still there after graceful_timeout.
+graceful_timeout = round(settings.drain_timeout) + 30
 loglevel = settings.log_level.lower()
 console.configure_logging(settings.log_level, settings.log_format)  # the workers inherit it
 

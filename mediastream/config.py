@@ -31,6 +31,7 @@ class Config:
     transcribe_backlog_seconds: float = 30.0
     keywords: tuple = ()
     sentiment: bool = True
+    drain_timeout: float = 1800.0  # 30 minutes: most calls end well within it
 
     @classmethod
     def from_environ(cls, environ=None):
@@ -65,6 +66,9 @@ class Config:
             ),
             keywords=_keywords(environ.get("KEYWORDS")),
             sentiment=_on_off(environ.get("SENTIMENT"), "SENTIMENT", True),
+            drain_timeout=_positive(
+                environ.get("DRAIN_TIMEOUT"), "DRAIN_TIMEOUT", float, cls.drain_timeout
+            ),
         )
         if config.transcribe and not config.speech_activity:
             raise ConfigError("TRANSCRIBE needs SPEECH_ACTIVITY on: it cuts the utterances")

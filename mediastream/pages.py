@@ -4,7 +4,7 @@
   the first thing people try. Both say what this server is and the wss:// URL Twilio
   should connect to, and the console logs the visit.
 - `/healthz`: for a load balancer: 200 while the server takes calls, 503 once it is
-  shutting down, with a tiny JSON body (open streams, uptime) and no call data.
+  draining or shutting down, with a tiny JSON body (open streams, uptime) and no call data.
 """
 
 import logging
@@ -50,8 +50,8 @@ def about(environ, config):
 def health(connections, started_at):
     """/healthz: (body, status)."""
     body = {
-        "status": "shutting down" if connections.shutting_down else "ok",
+        "status": connections.state,  # ok, draining, shutting down
         "open_streams": len(connections),
         "uptime_seconds": round(time.monotonic() - started_at, 1),
     }
-    return body, 503 if connections.shutting_down else 200
+    return body, 200 if connections.state == "ok" else 503

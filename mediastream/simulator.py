@@ -350,6 +350,8 @@ def _why_refused(status, url):
         return f": no WebSocket route at {urlsplit(url).path or '/'} (the server's is /media)"
     if status.startswith("403"):
         return ": the server checks X-Twilio-Signature (give --auth-token, and --signed-url)"
+    if status.startswith("503"):
+        return ": the server is draining or shutting down, and takes no new calls"
     return ""
 
 

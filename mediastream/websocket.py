@@ -26,6 +26,7 @@ import time
 import flask_sockets
 import gevent
 from gevent import GreenletExit, pywsgi
+from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.queue import Queue
 from geventwebsocket.exceptions import WebSocketError
@@ -50,21 +51,22 @@ from mediastream.metrics import REFUSED_HANDSHAKES
 log = logging.getLogger("mediastream")
 
 IDLE_TIMEOUT = 30.0
+DRAIN_REPORT_SECONDS = 60  # while draining, a line this often says how many streams are left
 READ_SIZE = 64 * 1024
 TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS connection: never of an HTTP request
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
 
-REFUSAL_REASONS = {"404": "no route", "403": "signature", "503": "shutting down"}
+REFUSAL_REASONS = {"404": "no route", "403": "signature"}  # 503: OpenConnections.state
 
 
 class Sockets(flask_sockets.Sockets):
     """flask-sockets, with its routes registered as WebSocket routes for today's Werkzeug.
 
     `check`, if given, is called with each handshake's WSGI environ before it is accepted
-    and returns why to refuse it (403), or None. Once `connections` are shutting down,
-    handshakes are refused (503)."""
+    and returns why to refuse it (403), or None. Once `connections` are draining or
+    shutting down, handshakes are refused (503)."""
 
     def __init__(self, app, connections, check=None):
         self.connections = connections
@@ -84,8 +86,8 @@ class Sockets(flask_sockets.Sockets):
             self.url_map.bind_to_environ(environ).match()
         except NotFound:
             return "404 Not Found", "no WebSocket route at this path"
-        if self.connections.shutting_down:
-            return "503 Service Unavailable", "the server is shutting down"
+        if self.connections.state != "ok":
+            return "503 Service Unavailable", f"the server is {self.connections.state}"
         reason = self.check(environ) if self.check else None
         return ("403 Forbidden", reason) if reason else None
 
@@ -122,6 +124,11 @@ class MediaStreamServer(pywsgi.WSGIServer):
         super().__init__(*args, **kwargs)
         hub = gevent.get_hub()  # gevent's documented way to keep an exception quiet
         hub.NOT_ERROR = (*hub.NOT_ERROR, AcceptPaused)
+
+    def close(self):
+        """Close the listener, once: a draining gunicorn worker closes it early."""
+        if not self.closed:
+            super().close()
 
     def do_read(self):
         try:
@@ -197,7 +204,8 @@ class MediaStreamHandler(WebSocketHandler):
         return super().upgrade_websocket()
 
     def _refuse(self, status, reason):
-        REFUSED_HANDSHAKES.labels(REFUSAL_REASONS[status[:3]]).inc()
+        connections = self.application.extensions["connections"]
+        REFUSED_HANDSHAKES.labels(REFUSAL_REASONS.get(status[:3], connections.state)).inc()
         log.warning(
             "[%s] WebSocket handshake refused (%s): %s",
             client_address(self.environ),
@@ -218,15 +226,53 @@ def client_address(environ):
 
 
 class OpenConnections(set):
-    """Every Connection being served, so that a shutdown can end them all at once."""
+    """Every Connection being served: a drain waits for them to end by themselves, a
+    shutdown ends them all at once. Either way, new streams are refused meanwhile."""
 
-    shutting_down = False
+    def __init__(self):
+        super().__init__()
+        self.state = "ok"  # then "draining" (SIGTERM), or "shutting down"
+        self._emptied = Event()
+
+    def discard(self, connection):
+        super().discard(connection)
+        if not self:
+            self._emptied.set()
+
+    def drain(self, timeout):
+        """Let the open streams end by themselves, up to `timeout` seconds (a line now and
+        every DRAIN_REPORT_SECONDS), then end those left. Returns once none is open."""
+        self.state = "draining"
+        log.info(
+            "draining: %d open streams, waiting up to %s for them to end "
+            "(SIGTERM again or Ctrl-C ends them now)",
+            len(self),
+            _seconds(timeout),
+        )
+        deadline = time.monotonic() + timeout
+        while self and self.state == "draining":
+            if time.monotonic() >= deadline:
+                self.end_all()
+                return
+            self._emptied.clear()
+            if self._emptied.wait(min(DRAIN_REPORT_SECONDS, deadline - time.monotonic())):
+                break
+            left = deadline - time.monotonic()
+            if self and left > 0:
+                log.info("draining: %d streams still open, %s left", len(self), _seconds(left))
+        if self.state == "draining":
+            log.info("drained: every stream has ended")
 
     def end_all(self, timeout=5):
         """End every open connection now, each with its summary, and wait for them."""
-        self.shutting_down = True
+        self.state = "shutting down"
         log.info("shutting down: ending %d open streams", len(self))
         gevent.killall([connection.greenlet for connection in self], timeout=timeout)
+
+
+def _seconds(seconds):
+    """A wait, for a person: seconds, or whole minutes past two of them."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 class Connection:

@@ -13,6 +13,8 @@ import websocket
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"  # spoken audio and its truth: see make_fixtures.py
+GUNICORN = ("-m", "gunicorn", "--workers", "2", "app:create_app()")
+GUNICORN_LISTENING = r"Listening at: http://[\d.]+:(\d+)"
 
 
 class ServerProcess:
@@ -78,8 +80,9 @@ class ServerProcess:
         assert log.count("Traceback") == 1 and error in log
         self.log_path.write_text(log.replace("Traceback", "(expected traceback)"))
 
-    def stop(self, signum=signal.SIGTERM, timeout=10):
-        """Send a signal and return the exit status."""
+    def stop(self, signum=signal.SIGINT, timeout=10):
+        """Send a signal (Ctrl-C's, by default: every stream ends now; SIGTERM would drain)
+        and return the exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signum)
         return self.process.wait(timeout)
@@ -87,15 +90,25 @@ class ServerProcess:
 
 def simulate(server, *arguments, timeout=60):
     """Run `python simulate.py` against `server`; return its exit status and output."""
-    result = subprocess.run(
+    return finished(start_simulation(server, *arguments), timeout)
+
+
+def start_simulation(server, *arguments):
+    """`python simulate.py` against `server`, started; finished() waits for it."""
+    return subprocess.Popen(
         [sys.executable, "simulate.py", "--url", server.url + "/media", *arguments],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout,
     )
-    assert "Traceback" not in result.stderr
-    return result.returncode, result.stdout + result.stderr
+
+
+def finished(simulation, timeout=60):
+    """A simulation's exit status and output, once it has ended."""
+    output = simulation.communicate(timeout=timeout)[0]
+    assert "Traceback" not in output
+    return simulation.returncode, output
 
 
 def whole_call(server, call, media_per_track=10):
@@ -139,3 +152,18 @@ def start_server(tmp_path):
     for running in started:
         running.stop()
         assert "Traceback" not in running.log()
+
+
+@pytest.fixture
+def start_gunicorn(start_server):
+    """Start gunicorn with two of our workers, in a process group of its own (as in a
+    terminal), once both have loaded the app (each says so, about the missing token)."""
+
+    def start(**environ):
+        running = start_server(
+            command=GUNICORN, listening=GUNICORN_LISTENING, preexec_fn=os.setsid, **environ
+        )
+        running.wait_for(r"(?s)TWILIO_AUTH_TOKEN is not set.*TWILIO_AUTH_TOKEN is not set")
+        return running
+
+    return start

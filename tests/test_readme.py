@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, simulate
+from conftest import FIXTURES, GUNICORN_LISTENING, REPO, simulate
 
 from mediastream import g711
 from mediastream.simulator import TwilioCall, mulaw_chunks, read_wav
@@ -21,7 +21,6 @@ EXAMPLES = {
     "word_alert.py": "docs/handlers.md",
     "beeper.py": "docs/talkback.md",
 }
-GUNICORN_LISTENING = r"Listening at: http://[\d.]+:(\d+)"
 
 
 def python_blocks(page):

@@ -4,7 +4,6 @@ import itertools
 import math
 import random
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -13,7 +12,7 @@ import time
 import wave
 
 import pytest
-from conftest import REPO, simulate
+from conftest import REPO, finished, simulate, start_simulation
 
 from mediastream import g711, simulator
 from mediastream.config import Config
@@ -94,19 +93,13 @@ def test_concurrent_calls_with_both_tracks_get_a_file_per_track(start_server, tm
 def test_shutdown_with_a_call_open_leaves_a_file_that_plays(start_server, tmp_path):
     recordings = tmp_path / "recordings"
     server = start_server(RECORDINGS_DIR=str(recordings))
-    caller = subprocess.Popen(
-        [sys.executable, "simulate.py", "--url", server.url + "/media", "--seconds", "30"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    caller = start_simulation(server, "--seconds", "30")
     try:
         server.wait_for(r"start: stream")
         time.sleep(1.0)
-        assert server.stop(signal.SIGTERM) == 0
+        assert server.stop() == 0
     finally:
-        report = caller.communicate(timeout=30)[0]
+        report = finished(caller, timeout=30)[1]
     assert "closed by the server (1001)" in report
     (name,) = recorded_files(recordings)
     with wave.open(str(recordings / name), "rb") as wav:
