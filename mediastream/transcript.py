@@ -1,43 +1,37 @@
 """A handler: what each track says, a console line per utterance, while the call goes on.
 
-Optional: `TRANSCRIBE` names a Whisper model (`tiny.en`: faster-whisper fetches it on first
-use) or a local model directory (nothing is fetched), and the packages come from
-requirements-transcribe.txt. Without them the server runs as ever; a missing package or
-model is said in one line at startup.
+Optional: `TRANSCRIBE` names the engine (engines.py): a Whisper model name or directory, to
+run in this process (the packages of requirements-transcribe.txt), or the http(s):// base
+URL of a server that speaks OpenAI's transcription API. Without it the server runs as
+ever; an engine that cannot be had is said in one line at startup.
 
 - Speech activity (speech.py, which must run before this handler) cuts each track into
   utterances: a turn of speech, with a little audio before and after it, and cut every
   MAX_FRAMES so that a monologue is shown in pieces; turns shorter than MIN_FRAMES are
   left out (a cough, a click).
-- Each utterance is upsampled to Whisper's 16 kHz and transcribed with faster-whisper
-  (CTranslate2, int8, on the CPU) in a thread pool shared by every stream (CTranslate2
-  releases the GIL), so reading sockets never waits for the model.
+- Each utterance goes to the engine, which works off the socket-reading path, so reading
+  sockets never waits for it.
 - Each utterance's text becomes an Utterance, which every handler of the stream gets
   (`utterance()`; keywords.py and sentiment.py are two), then its console line
   `[tag] inbound 00:12.4: "Hi, I'm calling about my order."`, per stream in the order the
   utterances ended. With RECORDINGS_DIR set, each stream also gets
   <streamSid>-transcript.jsonl beside its WAVs, a line written as each utterance is
   transcribed, with what the handlers found in it (keywords, sentiment).
-- Under load it degrades, never stalls: past TRANSCRIBE_BACKLOG_SECONDS of audio waiting
-  for the model (the whole server's), utterances are skipped, counted, with one WARNING
-  per stream; the call streams and records as ever.
-"""
+- It degrades, never stalls: past TRANSCRIBE_BACKLOG_SECONDS of audio waiting for the
+  engine (the whole server's), utterances are skipped; an utterance the engine fails on
+  (a transcription server down, slow, refusing) is skipped too. Each is counted, with one
+  WARNING per stream and kind; the call streams and records as ever."""
 
-import functools
-import io
 import json
 import logging
-import os
 import time
-import wave
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import gevent
 from gevent import GreenletExit
-from gevent.threadpool import ThreadPool
 
-from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, CHUNKS_PER_SECOND, SAMPLE_RATE
+from mediastream.engines import EngineFailed, load_engine
+from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, CHUNKS_PER_SECOND
 from mediastream.handlers import END_WAIT_SECONDS, Handler
 from mediastream.metrics import TRANSCRIBED
 from mediastream.recording import create_new
@@ -69,123 +63,6 @@ class Utterance:
         """For the transcript file and the JSON logs: what is known of it, rounded."""
         known = {key: value for key, value in asdict(self).items() if value not in (None, [])}
         return {key: round(v, 3) if isinstance(v, float) else v for key, v in known.items()}
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How Whisper hears an utterance. The defaults won on the evaluation set
-    (bench/transcript_quality.py; the table is in docs/speech-and-transcripts.md)."""
-
-    resampler: str = "pyav"  # 8 to 16 kHz: "pyav" (faster-whisper's own), or "linear"
-    beam_size: int = 5
-    emphasis: float = 0.8  # pre-emphasis: a phone's audio lacks the highs Whisper knows
-    previous_text: bool = False  # the track's last text as Whisper's initial prompt
-
-
-def whisper_input(pcm, decoding):
-    """16-bit PCM at 8 kHz as Whisper's input: float samples at 16 kHz, high frequencies
-    lifted by a first-order pre-emphasis (each sample less `emphasis` times the last)."""
-    samples = upsample(pcm, decoding.resampler)
-    if decoding.emphasis:
-        samples[1:] -= decoding.emphasis * samples[:-1].copy()
-    return samples
-
-
-def upsample(pcm, resampler):
-    """16-bit PCM at 8 kHz as float samples at 16 kHz."""
-    import numpy  # faster-whisper's own dependency
-
-    if resampler == "pyav":  # libswresample, through faster-whisper's decode_audio
-        from faster_whisper.audio import decode_audio
-
-        wav = io.BytesIO()
-        with wave.open(wav, "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(2)
-            out.setframerate(SAMPLE_RATE)
-            out.writeframes(pcm)
-        wav.seek(0)
-        return decode_audio(wav, sampling_rate=16000)
-    samples = numpy.frombuffer(pcm, numpy.int16).astype(numpy.float32) / 32768
-    positions = numpy.arange(2 * len(samples)) / 2
-    return numpy.interp(positions, numpy.arange(len(samples)), samples).astype(numpy.float32)
-
-
-def transcribe(model, pcm, decoding=Decoding(), prompt=None):
-    """The text of an utterance (16-bit PCM at 8 kHz), with faster-whisper's `model`."""
-    segments, _ = model.transcribe(
-        whisper_input(pcm, decoding),
-        beam_size=decoding.beam_size,
-        temperature=0.0,  # no sampled retries: the same audio always gives the same text
-        initial_prompt=prompt if decoding.previous_text else None,
-        vad_filter=False,
-        condition_on_previous_text=False,
-    )
-    return " ".join(segment.text.strip() for segment in segments)
-
-
-class Engine:
-    """faster-whisper's model and the threads that run it, shared by every stream."""
-
-    def __init__(self, model, threads, backlog_seconds, decoding=Decoding()):
-        self.model = model
-        self.pool = ThreadPool(threads)
-        self.backlog_seconds = backlog_seconds
-        self.decoding = decoding
-        self.waiting_seconds = 0.0  # audio submitted and not yet transcribed
-
-    def submit(self, pcm, prompt=None):
-        """Transcribe 16-bit PCM at 8 kHz in the pool: an AsyncResult of its text, or None
-        when the backlog is full."""
-        seconds = len(pcm) / 2 / SAMPLE_RATE
-        if self.waiting_seconds + seconds > self.backlog_seconds:
-            return None
-        self.waiting_seconds += seconds
-        result = self.pool.spawn(transcribe, self.model, pcm, self.decoding, prompt)
-        result.rawlink(lambda _: self._done(seconds))
-        return result
-
-    def _done(self, seconds):
-        self.waiting_seconds -= seconds
-
-
-@functools.cache
-def load_engine(model, backlog_seconds):
-    """The engine for TRANSCRIBE, loaded once; None (said in one line) when it cannot be."""
-    if _looks_like_a_path(model) and not Path(model).expanduser().is_dir():
-        startup.warning(
-            "TRANSCRIBE=%s: no such directory (give a model directory, or a model name such "
-            "as tiny.en): no transcripts",
-            model,
-        )
-        return None
-    try:
-        from faster_whisper import WhisperModel
-    except ImportError:
-        startup.warning(
-            "TRANSCRIBE=%s, but faster-whisper is not installed "
-            "(pip install -r requirements-transcribe.txt): no transcripts",
-            model,
-        )
-        return None
-    threads = len(os.sched_getaffinity(0))  # the cores this process may use
-    try:
-        whisper = WhisperModel(
-            model, device="cpu", compute_type="int8", cpu_threads=1, num_workers=threads
-        )
-    except Exception as error:  # a model that is not there, or cannot be fetched
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        startup.warning(
-            "TRANSCRIBE=%s: the model cannot be loaded (%s): no transcripts", model, reason
-        )
-        return None
-    startup.info("transcribing each utterance with %s, %d at a time", model, threads)
-    return Engine(whisper, threads, backlog_seconds)
-
-
-def _looks_like_a_path(model):
-    """A directory, not a model name: names (tiny.en, or a hub's org/model) look unlike it."""
-    return model.startswith(("/", ".", "~")) or model.count("/") > 1
 
 
 class Utterances:
@@ -253,15 +130,15 @@ class Transcript(Handler):
 
     @classmethod
     def enabled(cls, config):
-        return bool(config.transcribe) and _engine(config) is not None
+        return bool(config.transcribe) and load_engine(config) is not None
 
     def __init__(self, config):
         super().__init__(config)
-        self.engine = _engine(config)
+        self.engine = load_engine(config)
         self.tracks = {}  # track name -> Utterances
         self.pending = []  # [track, start, end, result, ended at], in the order cut
         self.transcribed = self.skipped = 0
-        self.warned = False
+        self.warned = set()  # what this stream has been warned of: "backlog", engine failures
         self.file = None
 
     def start(self, stream, event):
@@ -320,8 +197,8 @@ class Transcript(Handler):
         if result is None:
             self.skipped += 1
             TRANSCRIBED.labels("skipped").inc()
-            if not self.warned:
-                self.warned = True
+            if "backlog" not in self.warned:
+                self.warned.add("backlog")
                 stream.log.warning(
                     "transcript: over %g s of audio waiting for the engine; skipping "
                     "utterances (the call goes on)",
@@ -334,14 +211,28 @@ class Transcript(Handler):
         self.pending.append([track, start, end, result, ended_at])
         result.rawlink(lambda _: self._pass_on_ready(stream))
 
+    def _failed(self, stream, problem):
+        """An utterance the engine could not transcribe: skipped, counted, and said once
+        per stream for each kind of failure (an engine that is down fails every one)."""
+        self.skipped += 1
+        TRANSCRIBED.labels("failed").inc()
+        kind = problem.kind if isinstance(problem, EngineFailed) else type(problem).__name__
+        if kind not in self.warned:
+            self.warned.add(kind)
+            stream.log.warning(
+                "transcript: the engine failed: %s; skipping the utterances it fails on "
+                "(the call goes on)",
+                problem,
+            )
+
     def _pass_on_ready(self, stream):
         """The transcribed utterances, in the order they were cut: to every handler (the
         keywords and sentiment handlers fill in theirs), then the console and the file."""
         while self.pending and self.pending[0][3].ready():
             track, start, end, result, ended_at = self.pending.pop(0)
-            if not result.successful():
-                stream.log.error("transcript: the engine failed: %s", result.exception)
-                self.skipped += 1
+            text = result.get() if result.successful() else result.exception
+            if isinstance(text, Exception):
+                self._failed(stream, text)
                 continue
             self.transcribed += 1
             TRANSCRIBED.labels("transcribed").inc()
@@ -349,7 +240,7 @@ class Transcript(Handler):
                 track,
                 start * CHUNK_SECONDS,
                 end * CHUNK_SECONDS,
-                result.get(),
+                text,
                 latency=time.monotonic() - ended_at,
             )
             stream.handlers.utterance(utterance)
@@ -364,7 +255,3 @@ class Transcript(Handler):
             if self.file:
                 self.file.write(json.dumps(figures) + "\n")
                 self.file.flush()
-
-
-def _engine(config):
-    return load_engine(config.transcribe, config.transcribe_backlog_seconds)

