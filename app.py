@@ -97,6 +97,8 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
                 if start_deadline is not None and stream.stream_sid:  # started in time
                     start_deadline.cancel()
                     start_deadline = None
+                    if not stream.bidirectional:  # nothing waits on us: read in batches
+                        connection.read_every(config.read_interval)
         stream_handlers.end("stop" if stream.stopped else connection.ended_by)
         connections.discard(connection)
 

@@ -27,31 +27,48 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import gevent
 from throughput import REPO, Server  # bench/throughput.py
 
 sys.path.insert(0, str(REPO))
 
-from mediastream.simulator import TwilioCall, connect, encode_frame  # noqa: E402
+from mediastream.simulator import (  # noqa: E402
+    Plan,
+    TwilioCall,
+    connect,
+    encode_frame,
+    mulaw_chunks,
+    play_call,
+    tone,
+)
 
 SERVER_CORE, LOAD_CORE = 0, 1
 TICK = 0.02
 BUSY = 0.95  # a core this busy is full: what is left absorbs bursts
-CONTESTANTS = ["ours", "ours-no-speech", "ours-recording", "tutorial", "websockets", "node"]
+CONTESTANTS = [
+    "ours",
+    "ours-per-message",
+    "ours-no-speech",
+    "ours-recording",
+    "tutorial",
+    "websockets",
+    "node",
+]
 
 
-def frames_of(calls, seconds):
-    """Each call's frames, masked as a client sends them: connected, start, media..."""
+def frames_of(calls, seconds, dues=None):
+    """Each call's frames, masked as a client sends them: connected, start, media...;
+    with `dues`, each call's start says when its first media is due (for the probe)."""
     conversations = []
-    for _ in range(calls):
-        call = TwilioCall()
+    for n in range(calls):
+        call = TwilioCall(parameters={"due": repr(dues[n])} if dues else None)
         texts = [call.connected(), call.start()]
         texts += [call.media() for _ in range(round(seconds / TICK))]
         conversations.append([encode_frame(text.encode()) for text in texts])
@@ -74,29 +91,53 @@ def caller(url, frames, first_due, lateness):
         sock.close()
 
 
-def measure(name, calls, seconds, pinned=True, **environ):
-    """(CPU seconds per message, how late the sends ran: 99th percentile and worst)."""
-    conversations = frames_of(calls, seconds)
+def measure(name, calls, seconds, pinned=True, echo=None, **environ):
+    """(CPU seconds per message, how late the sends ran: 99th percentile and worst).
+    `echo`: a list that gets the round trips of one more call, bidirectional (mode=echo)."""
     prefix = ("taskset", "-c", str(SERVER_CORE)) if pinned else ()
     server = Server(name, prefix=prefix, **environ)
     lateness = []
     try:
-        start = time.monotonic() + 1.0  # every call connected by then
+        start = time.monotonic() + 1.0 + calls * 0.002  # every call connected by then
+        dues = [start + TICK * n / calls for n in range(calls)]
+        wall = time.time() - time.monotonic()  # the probe's clock is the epoch's
+        conversations = frames_of(calls, seconds, [wall + due for due in dues])
         callers = [
-            gevent.spawn(caller, server.url, frames, start + TICK * n / calls, lateness)
-            for n, frames in enumerate(conversations)
+            gevent.spawn(caller, server.url, frames, due, lateness)
+            for due, frames in zip(dues, conversations, strict=True)
         ]
+        if echo is not None:
+            callers.append(gevent.spawn(echo_call, server.url, seconds, echo))
         gevent.sleep(start + 2.0 - time.monotonic())  # steady: every call streaming
         cpu_before, sent_before = server.cpu_seconds(), len(lateness)
         gevent.sleep(seconds - 3.0)
         cpu = server.cpu_seconds() - cpu_before
         messages = len(lateness) - sent_before  # sent in the window, as they were
         gevent.joinall(callers, raise_error=True)
-        measure.console = Path(server.console.name).read_text()
     finally:
         server.stop()
+    measure.console = server.log
     late = sorted(lateness) or [0.0]
     return cpu / messages, late[int(0.99 * (len(late) - 1))], late[-1]
+
+
+def echo_call(url, seconds, round_trips):
+    """A bidirectional call under the same load (the simulator, as Twilio): its echo's
+    round trips, from a chunk sent to its audio back."""
+    chunks = {"inbound": mulaw_chunks(tone(1.0), seconds)}
+    result = play_call(Plan(url=url, chunks=chunks, parameters={"mode": "echo"}))
+    round_trips.extend(result.latencies)
+
+
+def delays(console):
+    """Every media message's delay (ms) from the probe's lines in a console."""
+    lines = [line for line in console.splitlines() if "probe: " in line]
+    return sorted(value for line in lines for value in json.loads(line.split("probe: ")[1]))
+
+
+def percentiles(values):
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[int(0.99 * (len(ordered) - 1))]
 
 
 def ensure_node_peer():
@@ -123,6 +164,24 @@ def report(name, per_message, late_p99, late_worst):
         f"of a core per 100 calls  ~{per_core:6,.0f} calls/core   sends late: p99 "
         f"{1000 * late_p99:.1f} ms, worst {1000 * late_worst:.1f} ms{trust}"
     )
+
+
+def trade_off(arguments):
+    """For ours, the same load again with the probe: what reading in batches costs in delay,
+    and a bidirectional call's echo (read per message) beside it."""
+    print(
+        "ours, the same load and one echo call: from a message's scheduled send to a "
+        "handler seeing it, and the echo's round trip (ms)"
+    )
+    for interval in ("0", "0.1"):
+        round_trips = []
+        measure("ours-probe", arguments.calls, arguments.seconds, echo=round_trips,
+                READ_INTERVAL=interval)  # fmt: skip
+        delay, echo = percentiles(delays(measure.console)), percentiles(round_trips)
+        print(
+            f"  READ_INTERVAL={interval:<4} delay median {delay[0]:6.1f}, p99 {delay[1]:6.1f}; "
+            f"echo median {1000 * echo[0]:5.1f}, p99 {1000 * echo[1]:5.1f}"
+        )
 
 
 def main():
@@ -159,6 +218,8 @@ def main():
             else:
                 figures = measure(name, arguments.calls, arguments.seconds)
             report(name, *figures)
+    if "ours" in arguments.servers:
+        trade_off(arguments)
     if arguments.gunicorn:
         os.sched_setaffinity(0, set(range(os.cpu_count())))  # everyone shares the machine
         for workers in (1, 2):

@@ -13,6 +13,7 @@ round of each is reported, with every round shown. It prints figures; it is no t
 import argparse
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -40,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 SERVERS = {  # name -> command, and its environment on top of ours
     "ours": ([sys.executable, "app.py"], {}),
     "ours-no-speech": ([sys.executable, "app.py"], {"SPEECH_ACTIVITY": "off"}),
+    "ours-per-message": ([sys.executable, "app.py"], {"READ_INTERVAL": "0"}),
+    "ours-probe": ([sys.executable, "bench/probe_app.py"], {}),  # bench/paced.py's delays
     "tutorial": ([sys.executable, "bench/tutorial_app.py"], {}),
     "websockets": ([sys.executable, "bench/websockets_app.py"], {}),
     "node": (["node", "bench/node/consumer.js"], {}),  # bench/paced.py installs its ws
@@ -99,8 +102,11 @@ class Server:
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
 
     def stop(self):
-        self.process.terminate()
+        """Stop it as Ctrl-C does (ours would drain on SIGTERM); what it logged stays in
+        `log`."""
+        self.process.send_signal(signal.SIGINT)
         self.process.wait(10)
+        self.log = Path(self.console.name).read_text()
         self.console.close()
 
 

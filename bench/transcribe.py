@@ -84,10 +84,9 @@ def one_load(calls, engine):
         gevent.joinall([gevent.spawn(caller, n * seconds / calls) for n in range(calls)])
         time.sleep(3)  # the last utterances
         cpu = (server.cpu_seconds() - cpu_start) / (time.monotonic() - wall_start)
-        console = Path(server.console.name).read_text()
     finally:
         server.stop()
-    lines = [json.loads(line) for line in console.splitlines()]
+    lines = [json.loads(line) for line in server.log.splitlines() if line[:1] == "{"]
     events = [line for line in lines if "figures" in line]
     latencies = [e["figures"]["latency"] for e in events if e["event"] == "utterance"]
     ends = [e["figures"] for e in events if e["event"] == "transcript"]

@@ -36,6 +36,7 @@ class Config:
     keywords: tuple = ()
     sentiment: bool = True
     drain_timeout: float = 1800.0  # 30 minutes: most calls end well within it
+    read_interval: float = 0.1  # a one-way stream is read at most this often (0: per message)
 
     @classmethod
     def from_environ(cls, environ=None):
@@ -81,6 +82,7 @@ class Config:
             ),
             keywords=_keywords(environ.get("KEYWORDS")),
             sentiment=_on_off(environ.get("SENTIMENT"), "SENTIMENT", True),
+            read_interval=_read_interval(environ.get("READ_INTERVAL")),
             drain_timeout=_positive(
                 environ.get("DRAIN_TIMEOUT"), "DRAIN_TIMEOUT", float, cls.drain_timeout
             ),
@@ -158,6 +160,19 @@ def _transcription_url(text):
             f"TRANSCRIBE must be a model name, a directory, or a server's base URL like "
             f"http://asr.internal:8000/v1, not {text!r}"
         )
+
+
+def _read_interval(text):
+    """Seconds between reads of a one-way stream: 0 (each message at once) to 0.2."""
+    if not text:
+        return Config.read_interval
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= 0.2:
+        raise ConfigError(f"READ_INTERVAL must be seconds from 0 to 0.2, not {text!r}")
+    return seconds
 
 
 def _keywords(text):

@@ -37,6 +37,12 @@ class Recorder(Handler):
         stream.log.info("Recorder: end, ended by %s", ended_by)
 
 
+class RecorderInline(Recorder):
+    """The same, on the reading greenlet: each line's time is when the server read it."""
+
+    may_block = False
+
+
 class Sleepy(Recorder):
     """Waits 0.4 s on every media message, as a call to a slow web service would."""
 

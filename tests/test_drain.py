@@ -62,8 +62,8 @@ def test_sigterm_lets_open_calls_finish_and_refuses_new_ones(start_server, tmp_p
     assert seen == {(503, 503)}
     status, report = finished(calls)
     assert status == 0 and "3 completed, 0 failed" in report
-    for line in summaries(server):
-        assert "ended by stop after 4.0 s" in line
+    for line in summaries(server):  # (read in batches: the stop may wait one interval)
+        assert re.search(r"ended by stop after 4\.[01] s", line)
     assert server.lines("handshake refused (503 Service Unavailable): the server is draining")
     for recording in tmp_path.glob("*.wav"):  # the whole call, both tracks
         with wave.open(str(recording)) as wav:

@@ -33,7 +33,8 @@ def test_whole_call_with_both_tracks_dtmf_mark_and_parameters(server):
     server.summary(call)
     lines = server.lines(f"[{client}]") + server.lines(f"[{call.tag}]")
     # No line per media message at INFO: the events, and the closing lines.
-    assert [line.split(" ", 1)[1] for line in lines] == [
+    seen = [line.split(" ", 1)[1] for line in lines]
+    assert seen[:-1] == [
         f"INFO    [{client}] connection opened",
         f"INFO    [{client}] connected: protocol Call 1.0.0",
         f"INFO    [{call.tag}] start: stream {call.stream_sid} from {client} (one-way)",
@@ -47,8 +48,10 @@ def test_whole_call_with_both_tracks_dtmf_mark_and_parameters(server):
         "overtalk 0.0 s (0 times)",
         f"INFO    [{call.tag}] received: inbound 25 messages (0.5 s), outbound 25 messages (0.5 s)",
         f"INFO    [{call.tag}] gaps: 0 missing chunks, 0 missing sequence numbers; bad messages: 0",
-        f"INFO    [{call.tag}] summary: stream {call.stream_sid} ended by stop after 0.0 s",
     ]
+    # Read in batches (READ_INTERVAL), the stop may come one interval after the start.
+    summary = f"INFO    [{call.tag}] summary: stream {call.stream_sid} ended by stop after"
+    assert seen[-1] in (f"{summary} 0.0 s", f"{summary} 0.1 s")
     assert max(len(line) for line in lines) <= 120  # a terminal's width, with the time
 
 
