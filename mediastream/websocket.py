@@ -400,16 +400,22 @@ class Connection:
         one-way stream, where nothing waits on a message's arriving a moment later.)"""
         if interval and self._readable is not None:
             self._interval = interval
+            self._behind = False
             self._read_some = self._read_batch
 
     def _read_batch(self, size):
         """Let an interval's messages gather, then read them all; if none has come, wait
-        for the next as ever, so that a lone message (a stop, a close) is read at once."""
-        gevent.sleep(self._interval)
+        for the next as ever, so that a lone message (a stop, a close) is read at once.
+        A full read means more is waiting (a client sending faster than real time): the
+        next read comes at once."""
+        if not self._behind:
+            gevent.sleep(self._interval)
         try:
-            return os.read(self._fd, size)
+            data = os.read(self._fd, size)
         except BlockingIOError:
             return self._read_when_readable(size)
+        self._behind = len(data) == size
+        return data
 
     def _read_when_readable(self, size):
         """Wait until the socket has bytes, then read them: one wake-up and one read per
