@@ -187,13 +187,9 @@ def serve(app):
             server.stop(timeout=1)
             finished.set()
 
-    def terminate():
-        if connections.state == "ok":
-            gevent.spawn(stop, lambda: connections.drain(config.drain_timeout))
-        else:
-            stop(connections.end_all)
-
-    gevent.signal_handler(signal.SIGTERM, terminate)
+    # (gevent runs each signal's handler in a greenlet of its own: a second SIGTERM ends
+    # the streams while the first is still draining.)
+    gevent.signal_handler(signal.SIGTERM, stop, lambda: connections.terminate(config.drain_timeout))
     gevent.signal_handler(signal.SIGINT, stop, connections.end_all)
     try:
         server.start()

@@ -39,9 +39,12 @@ class Keywords(Handler):
 
     @classmethod
     def enabled(cls, config):
-        if config.keywords and not Transcript.enabled(config):
+        if not config.keywords:
+            return False
+        if not Transcript.enabled(config):
             startup.warning("KEYWORDS is set, but there are no transcripts (TRANSCRIBE) to match")
-        return bool(config.keywords) and Transcript.enabled(config)
+            return False
+        return True
 
     def __init__(self, config):
         super().__init__(config)

@@ -263,6 +263,13 @@ class OpenConnections(set):
         if self.state == "draining":
             log.info("drained: every stream has ended")
 
+    def terminate(self, drain_timeout):
+        """What SIGTERM does: drain the first time; end every stream now the next."""
+        if self.state == "ok":
+            self.drain(drain_timeout)
+        else:
+            self.end_all()
+
     def end_all(self, timeout=5):
         """End every open connection now, each with its summary, and wait for them."""
         self.state = "shutting down"

@@ -37,11 +37,8 @@ class Worker(GeventWebSocketWorker):
             server.close()
         super().handle_exit(sig, frame)
         connections = self._connections()
-        if connections is not None and connections.state == "ok":
-            config = self.wsgi.config["MEDIASTREAM"]
-            gevent.spawn(connections.drain, config.drain_timeout)
-        elif connections is not None:
-            gevent.spawn(connections.end_all)
+        if connections is not None:
+            gevent.spawn(connections.terminate, self.wsgi.config["MEDIASTREAM"].drain_timeout)
 
     def handle_quit(self, sig, frame):
         # Ctrl-C in a terminal (SIGINT to every process of the group) and the arbiter's
