@@ -15,6 +15,8 @@ import gevent
 from flask import Flask, request
 from gevent.event import Event
 
+from mediastream.browser.live import LiveCalls
+from mediastream.browser.pages import browser_pages
 from mediastream.config import Config, ConfigError
 from mediastream.console import Console, configure_logging, startup
 from mediastream.handlers import StreamHandlers, enabled
@@ -32,7 +34,7 @@ from mediastream.messages import (
 from mediastream.metrics import Metrics, exposition
 from mediastream.pages import about, health
 from mediastream.recording import Recording
-from mediastream.security import signature_check
+from mediastream.security import PageCredentials, signature_check
 from mediastream.sentiment import Sentiment
 from mediastream.speech import SpeechActivity
 from mediastream.stream import NOTHING_MISSING, MediaStream
@@ -51,9 +53,9 @@ from mediastream.websocket import (
 # What every stream gets: the console (first, so its summary comes last), its figures in
 # the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
 # SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set (and in it, the KEYWORDS and the
-# sentiment), and, when the TwiML asks for it, the caller's echo (mode=echo) or a greeting
-# they can talk over (mode=prompt). Add your own handlers after these (see
-# mediastream/handlers.py and docs/handlers.md).
+# sentiment), the live calls page (/calls), and, when the TwiML asks for it, the caller's
+# echo (mode=echo) or a greeting they can talk over (mode=prompt). Add your own handlers
+# after these (see mediastream/handlers.py and docs/handlers.md).
 DEFAULT_HANDLERS = (
     Console,
     Metrics,
@@ -62,6 +64,7 @@ DEFAULT_HANDLERS = (
     Transcript,
     Keywords,
     Sentiment,
+    LiveCalls,
     Echo,
     Prompt,
 )
@@ -75,7 +78,9 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
     app = Flask(__name__)
     app.config["MEDIASTREAM"] = config = config or Config.from_environ()
     app.extensions["connections"] = connections = OpenConnections()
-    sockets = Sockets(app, connections, check=signature_check(config))
+    # The softphone (/phone) streams in with a page credential where Twilio signs.
+    credentials = PageCredentials(config.auth_token) if config.auth_token else None
+    sockets = Sockets(app, connections, check=signature_check(config, credentials))
     if config.recordings_dir:
         startup.info("recording every stream's tracks to %s", config.recordings_dir)
     factories = enabled(handlers, config)
@@ -124,6 +129,8 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
     def call_twiml():
         return twiml(request.environ, request.form, config)
 
+    # The operator's pages: every call live (/calls), and a softphone (/phone).
+    app.register_blueprint(browser_pages(config, connections, credentials))
     return app
 
 

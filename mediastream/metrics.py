@@ -9,8 +9,6 @@ Only a metrics system may read them: with METRICS_TOKEN set, a request must carr
 that no proxy forwarded (ngrok adds X-Forwarded-For) gets them.
 """
 
-import hmac
-import ipaddress
 import os
 
 from prometheus_client import (
@@ -25,6 +23,7 @@ from prometheus_client import (
 )
 
 from mediastream.handlers import Handler
+from mediastream.security import bearer_matches, from_this_machine
 
 disable_created_metrics()  # a *_created timestamp per series says nothing useful here
 
@@ -53,7 +52,6 @@ KEYWORD_HITS = Counter(
 )
 
 FLUSH_EVERY = 50  # media messages counted in the handler before they reach the metrics
-PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")
 
 
 class Metrics(Handler):
@@ -121,14 +119,9 @@ def exposition(environ, config):
 def _refusal(environ, config):
     """Why a request may not read the metrics, or None."""
     if config.metrics_token:
-        given = environ.get("HTTP_AUTHORIZATION", "").encode()
-        if hmac.compare_digest(given, f"Bearer {config.metrics_token}".encode()):
+        if bearer_matches(environ, config.metrics_token):
             return None
         return "metrics need Authorization: Bearer <METRICS_TOKEN>"
-    try:
-        loopback = ipaddress.ip_address(environ.get("REMOTE_ADDR", "")).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback and not any(header in environ for header in PROXY_HEADERS):
+    if from_this_machine(environ):
         return None
     return "metrics are served to this machine only; set METRICS_TOKEN to scrape from elsewhere"

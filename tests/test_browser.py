@@ -1,0 +1,159 @@
+"""The operator's pages in a real browser: Debian's Chromium, driven by Playwright, its
+microphone playing tests/fixtures/sentences.wav. The softphone (/phone) calls the real
+server's /media as Twilio would; /calls shows every call live.
+
+Screenshots of both pages go to SCREENSHOTS_DIR (docs/images for the docs' own), or to
+the test's temporary directory.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+from tests.conftest import model_directory, requires
+
+pytestmark = pytest.mark.browser
+
+AUTH_TOKEN = "browser-test-auth-token"
+
+
+def http(server):
+    return f"http://127.0.0.1:{server.port}"
+
+
+def screenshot(page, name, tmp_path):
+    directory = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
+    page.screenshot(path=str(directory / f"{name}.png"))
+
+
+def open_calls_page(context, server):
+    calls = context.new_page()
+    calls.goto(http(server) + "/calls")
+    calls.wait_for_selector("#status:text('live')")
+    return calls
+
+
+def place_call(context, server, mode="", caller="Ann Example"):
+    """The softphone, on the call; returns the page and the stream's SID."""
+    phone = context.new_page()
+    phone.goto(http(server) + "/phone")
+    phone.fill("#caller", caller)
+    phone.select_option("#mode", mode)
+    phone.click("#call")
+    phone.wait_for_selector("body[data-state='connected']", timeout=10_000)
+    stream_sid = re.search(r"MZ\w{32}", phone.text_content("#state")).group(0)
+    return phone, stream_sid
+
+
+def seconds(page, selector):
+    return float(page.text_content(selector).split()[0])
+
+
+def test_a_softphone_call_shows_on_the_console_and_live_on_the_calls_page(
+    chromium, start_server, tmp_path
+):
+    server = start_server()
+    context = chromium.new_context(viewport={"width": 1100, "height": 620})
+    calls = open_calls_page(context, server)
+    phone, stream_sid = place_call(context, server)
+    tag = stream_sid[-8:]
+    panel = f"#open article[data-stream-sid='{stream_sid}']"
+
+    # The console, as for a call from Twilio: start, the caller, speech activity.
+    server.wait_for(rf"\[{tag}\] start: stream {stream_sid} from 127\.0\.0\.1:\d+ \(one-way\)")
+    server.wait_for(rf"\[{tag}\] parameters: caller=Ann Example")
+    server.wait_for(rf"\[{tag}\] media: inbound [\d.]+ s, speaking, talk [\d.]+ s", timeout=10)
+
+    # /calls, while it runs: the caller, a track speaking, its meter moving, talk time.
+    calls.wait_for_selector(f"{panel} .caller:text('Ann Example')")
+    calls.wait_for_selector(f"{panel} .track[data-track='inbound'][data-speaking='true']")
+    calls.wait_for_function(
+        f"""() => document.querySelector("{panel} .meter span").style.transform !== 'scaleX(0)'"""
+    )
+    calls.wait_for_selector(f"{panel} .talk:text-matches('talk [1-9]')")
+    assert phone.is_visible(f"#own-call article[data-stream-sid='{stream_sid}']")
+    screenshot(calls, "calls", tmp_path)
+    screenshot(phone, "phone", tmp_path)
+
+    phone.click("#hangup")
+    lines = server.summary(type("Call", (), {"tag": tag}))
+    assert f"summary: stream {stream_sid} ended by stop" in lines
+    assert re.search(r"speech: inbound talk [1-9][\d.]* s", lines)
+    # ... and its summary on the page, under "Recently ended".
+    ended = f"#ended article[data-stream-sid='{stream_sid}']"
+    calls.wait_for_selector(f"{ended} .summary p:text-matches('ended by stop after')")
+    assert "inbound:" in calls.text_content(f"{ended} .summary")
+    assert calls.locator(panel).count() == 0
+    phone.wait_for_selector("body[data-state='ended']")
+    context.close()
+
+
+def test_the_softphone_hears_the_echo(chromium, start_server):
+    server = start_server()
+    context = chromium.new_context()
+    phone, stream_sid = place_call(context, server, mode="echo")
+    server.wait_for(rf"\[{stream_sid[-8:]}\] start: .*\(bidirectional, mode echo\)")
+    phone.wait_for_function("() => parseFloat(document.getElementById('heard').textContent) >= 1")
+    phone.click("#hangup")
+    server.wait_for(rf"\[{stream_sid[-8:]}\] sent back: [1-9][\d.]* s of audio")
+    assert seconds(phone, "#heard") <= seconds(phone, "#sent")
+    context.close()
+
+
+def test_the_softphone_echoes_marks_and_honours_clear(chromium, start_server):
+    """mode=prompt: a greeting, marked at its end; the microphone talks over it at once,
+    so the server clears it, and the page echoes the pending mark as Twilio does."""
+    server = start_server()
+    context = chromium.new_context()
+    phone, stream_sid = place_call(context, server, mode="prompt")
+    tag = stream_sid[-8:]
+    server.wait_for(rf"\[{tag}\] barge-in: the caller spoke")
+    server.wait_for(rf"\[{tag}\] mark: prompt-end cleared before it played")
+    phone.wait_for_selector("#clears:text('1')")
+    phone.wait_for_selector("#marks:text('1')")
+    phone.click("#hangup")
+    server.wait_for(rf"\[{tag}\] sent back: .*marks: 1 sent, 0 played, 1 cleared; 1 clear")
+    context.close()
+
+
+def test_with_the_auth_token_only_the_softphone_streams_in(chromium, start_server):
+    server = start_server(TWILIO_AUTH_TOKEN=AUTH_TOKEN)
+    context = chromium.new_context()
+    phone, stream_sid = place_call(context, server)
+    server.wait_for(rf"\[{stream_sid[-8:]}\] start: stream {stream_sid}")
+    phone.click("#hangup")
+    server.wait_for(rf"\[{stream_sid[-8:]}\] summary: .* ended by stop")
+    context.close()
+
+    # No signature and no page credential: refused before the WebSocket is accepted.
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        server.connect()
+    assert refused.value.status_code == 403
+    server.wait_for(r"refused \(403 Forbidden\): no X-Twilio-Signature header \(nor a softphone")
+    # A credential is good for one handshake.
+    credential = requests.post(http(server) + "/phone/credential").json()["credential"]
+    server.connect(f"/media?credential={credential}").close()
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        server.connect(f"/media?credential={credential}")
+    server.wait_for(r"refused \(403 Forbidden\): page credential was used already")
+
+
+@requires("faster_whisper", "requirements-transcribe.txt")
+@pytest.mark.transcribe
+def test_the_calls_page_shows_the_transcript_with_keywords_and_sentiment(chromium, start_server):
+    server = start_server(TRANSCRIBE=model_directory(), KEYWORDS="order, package")
+    context = chromium.new_context()
+    calls = open_calls_page(context, server)
+    phone, stream_sid = place_call(context, server)
+    panel = f"article[data-stream-sid='{stream_sid}']"
+    server.wait_for(rf"\[{stream_sid[-8:]}\] inbound 00:\d\d\.\d: \".*order", timeout=30)
+    calls.wait_for_selector(f"{panel} .transcript li.inbound mark:text-matches('order', 'i')")
+    calls.wait_for_selector(f"{panel} .transcript li .sentiment")
+    assert "order" in phone.text_content(f"#own-call {panel} .transcript").lower()
+    phone.click("#hangup")
+    calls.wait_for_selector(f"#ended {panel} .summary p:text-matches('keywords: \"order\"')")
+    context.close()

@@ -1,0 +1,146 @@
+"""The live calls page's model (browser/live.py) and the softphone's credentials, fed
+directly: no sockets, no browser."""
+
+from mediastream.browser.live import ENDED_KEPT, PENDING_MAX, CallBoard, LiveCalls, level
+from mediastream.config import Config
+from mediastream.g711 import CHUNK_SAMPLES
+from mediastream.messages import parse_message
+from mediastream.security import CREDENTIAL_SECONDS, PageCredentials
+from mediastream.simulator import TwilioCall, hum, mulaw_chunks
+from mediastream.stream import MediaStream
+from mediastream.transcript import Utterance
+from tests.test_stream import FakeClock
+
+
+class Live:
+    """One stream followed by a LiveCalls handler on a board of its own."""
+
+    def __init__(self, board, call):
+        self.call = call
+        self.stream = MediaStream("127.0.0.1:5000", clock=FakeClock())
+        self.handler = LiveCalls(Config(), board)
+
+    def start(self):
+        event = parse_message(self.call.start())
+        self.stream.start(event)
+        self.handler.start(self.stream, event)
+        return self
+
+    def media(self, audio=b"\xff" * CHUNK_SAMPLES, track="inbound"):
+        chunk = parse_message(self.call.media(track, audio))
+        self.stream.add_media(chunk)
+        self.handler.media(self.stream, chunk)
+
+    def say(self, text, keywords=(), sentiment=None):
+        said = Utterance("inbound", 1.0, 2.0, text, 0.5, list(keywords), sentiment)
+        self.handler.utterance(self.stream, said)
+
+    def end(self, ended_by="stop"):
+        self.stream.ended()
+        self.handler.end(self.stream, ended_by)
+
+
+def test_a_watcher_hears_a_call_start_speak_and_end_at_once():
+    board = CallBoard()
+    watcher, snapshot = board.watch()
+    assert snapshot == {"calls": []}
+    live = Live(board, TwilioCall(parameters={"caller": "Ann"})).start()
+    live.say("I want to cancel.", ["cancel"], -0.3)
+    live.end()
+    names = [name for name, _ in watcher.pending]
+    assert names == ["call", "utterance", "end"]
+    call, utterance, end = (body for _, body in watcher.pending)
+    assert call["parameters"] == {"caller": "Ann"} and call["tag"] == live.call.tag
+    assert utterance["line"]["keywords"] == ["cancel"]
+    assert end["summary"]["ended_by"] == "stop"
+    assert end["summary"]["keywords"] == {"cancel": 1}
+    assert end["summary"]["tracks"]["inbound"]["sentiment"] == -0.3
+
+
+def test_figures_go_out_once_per_update_however_many_messages_arrived():
+    board = CallBoard()
+    live = Live(board, TwilioCall()).start()
+    watcher, _ = board.watch()
+    assert board.updates(watcher) == []  # nothing changed since the snapshot
+    for _ in range(50):
+        live.media()
+    updates = board.updates(watcher)
+    assert len(updates) == 1
+    assert updates[0]["tracks"]["inbound"]["seconds"] == 1.0
+    assert board.updates(watcher) == []
+    live.media()
+    assert len(board.updates(watcher)) == 1
+
+
+def test_the_meter_follows_the_last_chunk():
+    assert level(b"\x00\x00" * CHUNK_SAMPLES) == 0.0
+    assert 0.5 < level(hum(0.02, 120)) < 1
+    assert level(b"\xff\x7f" * CHUNK_SAMPLES) == 1.0  # full scale
+    board = CallBoard()
+    live = Live(board, TwilioCall()).start()
+    live.media(mulaw_chunks(hum(0.2, 120), 0.2)[5])
+    watcher, snapshot = board.watch()
+    assert snapshot["calls"][0]["tracks"]["inbound"]["level"] > 0.5
+
+
+def test_a_watcher_of_one_stream_hears_only_that_stream():
+    board = CallBoard()
+    mine, other = TwilioCall(), TwilioCall()
+    watcher, _ = board.watch(mine.stream_sid)
+    Live(board, other).start().end()
+    live = Live(board, mine).start()
+    live.media()
+    assert [body["id"] for _, body in watcher.pending] == [mine.stream_sid]
+    assert [update["id"] for update in board.updates(watcher)] == [mine.stream_sid]
+
+
+def test_a_watcher_too_far_behind_gets_a_snapshot_instead():
+    board = CallBoard()
+    live = Live(board, TwilioCall()).start()
+    watcher, _ = board.watch()
+    for number in range(PENDING_MAX + 10):
+        live.say(f"line {number}")
+    assert watcher.behind and not watcher.pending
+    snapshot = board.snapshot(watcher)
+    assert not watcher.behind
+    assert len(snapshot["calls"][0]["lines"]) == 200  # LINES_KEPT: the last ones
+
+
+def test_ended_calls_are_kept_a_while_without_their_streams():
+    board = CallBoard()
+    for _ in range(ENDED_KEPT + 3):
+        Live(board, TwilioCall()).start().end()
+    assert not board.open and len(board.ended) == ENDED_KEPT
+    assert all(panel.stream is None for panel in board.ended)
+    _, snapshot = board.watch()
+    assert all(call["summary"]["ended_by"] == "stop" for call in snapshot["calls"])
+
+
+def test_a_stream_that_never_started_is_not_on_the_board():
+    board = CallBoard()
+    live = Live(board, TwilioCall())
+    live.media()
+    live.end("disconnect")
+    assert not board.open and not board.ended
+
+
+def test_a_page_credential_works_once_and_only_until_it_expires():
+    now = [1000.0]
+    credentials = PageCredentials("auth token", clock=lambda: now[0])
+    credential = credentials.issue()
+    assert credentials.redeem(credential) is None
+    assert credentials.redeem(credential) == "was used already"
+    late = credentials.issue()
+    now[0] += CREDENTIAL_SECONDS + 1
+    assert credentials.redeem(late) == "has expired"
+
+
+def test_a_page_credential_is_checked_against_the_auth_token():
+    issued = PageCredentials("one token").issue()
+    assert PageCredentials("another token").redeem(issued) == "is not one this server issued"
+    expires, nonce, mac = issued.split(".")
+    forged = f"{int(expires) + 3600}.{nonce}.{mac}"
+    assert PageCredentials("one token").redeem(forged) == "is not one this server issued"
+    assert PageCredentials("one token").redeem("nonsense") == "is malformed"
+    # Any process with the same token checks it (gunicorn's workers).
+    assert PageCredentials("one token").redeem(issued) is None
