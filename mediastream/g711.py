@@ -28,7 +28,7 @@ def _encode_14_bits(value):
     return (segment << 4 | (magnitude >> (segment + 1)) & 0x0F) ^ mask
 
 
-def _decode_byte(byte):
+def decode_byte(byte):
     """One mu-law byte -> one signed 16-bit sample."""
     byte = ~byte & 0xFF
     exponent, mantissa = (byte >> 4) & 0x07, byte & 0x0F
@@ -38,7 +38,7 @@ def _decode_byte(byte):
 
 # Every code's sample as 2 little-endian bytes, split in a table of low bytes and one of
 # high bytes: bytes.translate() then decodes a chunk in C (the server decodes every chunk).
-_DECODE = [struct.pack("<h", _decode_byte(byte)) for byte in range(256)]
+_DECODE = [struct.pack("<h", decode_byte(byte)) for byte in range(256)]
 _LOW_BYTES = bytes(sample[0] for sample in _DECODE)
 _HIGH_BYTES = bytes(sample[1] for sample in _DECODE)
 

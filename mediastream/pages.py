@@ -1,8 +1,8 @@
 """What the server answers over plain HTTP to people and load balancers.
 
 - `/` and a plain GET of `/media`: opening the ngrok URL in a browser (or with curl) is
-  the first thing people try. Both say what this server is and the wss:// URL Twilio
-  should connect to, and the console logs the visit.
+  the first thing people try. Both say what this server is, the wss:// URL Twilio
+  should connect to and where the operator's pages are, and the console logs the visit.
 - `/healthz`: for a load balancer: 200 while the server takes calls, 503 once it is
   draining or shutting down, with a tiny JSON body (open streams, uptime) and no call data.
 """
@@ -10,7 +10,7 @@
 import logging
 import time
 
-from mediastream.security import public_base
+from mediastream.security import https_base, public_base
 from mediastream.websocket import client_address
 
 log = logging.getLogger("mediastream")
@@ -25,6 +25,9 @@ over a WebSocket. Twilio should connect to:
 Put that URL in your TwiML, for example:
 
     <Response><Start><Stream url="{url}"/></Start><Dial>+15550100000</Dial></Response>
+
+Watch every call live at {site}/calls, or call from this browser at {site}/phone
+(from this machine; from elsewhere, add ?token=<METRICS_TOKEN> once).
 """
 
 
@@ -44,7 +47,8 @@ def about(environ, config):
     headers = {"Content-Type": "text/plain; charset=utf-8"}
     if websocket_route:
         headers["Upgrade"] = "websocket"
-    return PAGE.format(url=url), status, headers
+    site = https_base(environ, config.public_url)
+    return PAGE.format(url=url, site=site), status, headers
 
 
 def health(connections, started_at):

@@ -14,7 +14,7 @@ import pytest
 import requests
 import websocket
 
-from tests.conftest import model_directory, requires
+from tests.conftest import FIXTURES, finished, model_directory, requires, start_simulation
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +45,8 @@ def place_call(context, server, mode="", caller="Ann Example"):
     phone.select_option("#mode", mode)
     phone.click("#call")
     phone.wait_for_selector("body[data-state='connected']", timeout=10_000)
-    stream_sid = re.search(r"MZ\w{32}", phone.text_content("#state")).group(0)
+    stream_sid = phone.get_attribute("body", "data-stream-sid")
+    assert phone.text_content("#state") == f"On the call [{stream_sid[-8:]}]"
     return phone, stream_sid
 
 
@@ -59,6 +60,14 @@ def test_a_softphone_call_shows_on_the_console_and_live_on_the_calls_page(
     server = start_server()
     context = chromium.new_context(viewport={"width": 1100, "height": 620})
     calls = open_calls_page(context, server)
+    # A call from "Twilio" too (the simulator), with both tracks: the page shows them all.
+    simulation = start_simulation(
+        server,
+        *("--tracks", "both", "--param", "caller=+15550100123"),
+        *("--wav", f"inbound={FIXTURES / 'call-inbound.wav'}"),
+        *("--wav", f"outbound={FIXTURES / 'call-outbound.wav'}"),
+    )
+    calls.wait_for_selector("#open article .caller:text('+15550100123')")
     phone, stream_sid = place_call(context, server)
     tag = stream_sid[-8:]
     panel = f"#open article[data-stream-sid='{stream_sid}']"
@@ -89,6 +98,8 @@ def test_a_softphone_call_shows_on_the_console_and_live_on_the_calls_page(
     assert "inbound:" in calls.text_content(f"{ended} .summary")
     assert calls.locator(panel).count() == 0
     phone.wait_for_selector("body[data-state='ended']")
+    assert finished(simulation)[0] == 0
+    calls.wait_for_selector("#ended article .caller:text('+15550100123')")
     context.close()
 
 
@@ -144,9 +155,11 @@ def test_with_the_auth_token_only_the_softphone_streams_in(chromium, start_serve
 
 @requires("faster_whisper", "requirements-transcribe.txt")
 @pytest.mark.transcribe
-def test_the_calls_page_shows_the_transcript_with_keywords_and_sentiment(chromium, start_server):
+def test_the_calls_page_shows_the_transcript_with_keywords_and_sentiment(
+    chromium, start_server, tmp_path
+):
     server = start_server(TRANSCRIBE=model_directory(), KEYWORDS="order, package")
-    context = chromium.new_context()
+    context = chromium.new_context(viewport={"width": 1100, "height": 620})
     calls = open_calls_page(context, server)
     phone, stream_sid = place_call(context, server)
     panel = f"article[data-stream-sid='{stream_sid}']"
@@ -156,4 +169,5 @@ def test_the_calls_page_shows_the_transcript_with_keywords_and_sentiment(chromiu
     assert "order" in phone.text_content(f"#own-call {panel} .transcript").lower()
     phone.click("#hangup")
     calls.wait_for_selector(f"#ended {panel} .summary p:text-matches('keywords: \"order\"')")
+    screenshot(calls, "calls-transcript", tmp_path)
     context.close()

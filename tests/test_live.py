@@ -1,12 +1,15 @@
 """The live calls page's model (browser/live.py) and the softphone's credentials, fed
 directly: no sockets, no browser."""
 
+from array import array
+
+from mediastream import g711
 from mediastream.browser.live import ENDED_KEPT, PENDING_MAX, CallBoard, LiveCalls, level
 from mediastream.config import Config
 from mediastream.g711 import CHUNK_SAMPLES
 from mediastream.messages import parse_message
 from mediastream.security import CREDENTIAL_SECONDS, PageCredentials
-from mediastream.simulator import TwilioCall, hum, mulaw_chunks
+from mediastream.simulator import TwilioCall, hum, mulaw_chunks, tone
 from mediastream.stream import MediaStream
 from mediastream.transcript import Utterance
 from tests.test_stream import FakeClock
@@ -72,10 +75,14 @@ def test_figures_go_out_once_per_update_however_many_messages_arrived():
     assert len(board.updates(watcher)) == 1
 
 
-def test_the_meter_follows_the_last_chunk():
-    assert level(b"\x00\x00" * CHUNK_SAMPLES) == 0.0
-    assert 0.5 < level(hum(0.02, 120)) < 1
-    assert level(b"\xff\x7f" * CHUNK_SAMPLES) == 1.0  # full scale
+def test_the_meter_shows_the_last_chunks_peak():
+    assert level(g711.encode(b"\x00\x00" * CHUNK_SAMPLES)) == 0.0
+    assert level(g711.encode(tone(0.02) + b"\xff\x7f")) == 1.0  # one sample at full scale
+    quiet, loud = (
+        level(g711.encode(array("h", [peak] * CHUNK_SAMPLES).tobytes())) for peak in (300, 3000)
+    )
+    assert 0 < quiet < loud < 1
+    assert round(60 * (loud - quiet)) == 20  # ten times the amplitude: 20 dB more
     board = CallBoard()
     live = Live(board, TwilioCall()).start()
     live.media(mulaw_chunks(hum(0.2, 120), 0.2)[5])
@@ -104,6 +111,8 @@ def test_a_watcher_too_far_behind_gets_a_snapshot_instead():
     snapshot = board.snapshot(watcher)
     assert not watcher.behind
     assert len(snapshot["calls"][0]["lines"]) == 200  # LINES_KEPT: the last ones
+    live.end()
+    assert board.ended[0].summary["tracks"]["inbound"]["utterances"] == PENDING_MAX + 10
 
 
 def test_ended_calls_are_kept_a_while_without_their_streams():

@@ -1,6 +1,7 @@
 """Who may open the operator's pages (/calls, /phone, their events and credentials):
 this machine, or whoever holds METRICS_TOKEN. Plain HTTP against the real server."""
 
+import signal
 import socket
 
 import pytest
@@ -102,3 +103,14 @@ def test_the_event_stream_starts_with_a_snapshot(server):
     first = next(response.iter_lines(decode_unicode=True))
     assert first == "event: snapshot"
     response.close()
+
+
+def test_an_open_page_does_not_hold_up_a_drain(start_server):
+    """SIGTERM drains the calls; a page's event stream ends with the last of them, so that
+    a page left open in a browser does not keep the old server alive through a deploy."""
+    server = start_server()
+    events = ask(server, "GET", "/calls/events")
+    assert next(events.iter_lines(decode_unicode=True)) == "event: snapshot"
+    assert server.stop(signal.SIGTERM, timeout=5) == 0
+    rest = b"".join(events.iter_content(None))  # returns when the stream ends (or times out)
+    assert b"event:" not in rest  # nothing happened: no call

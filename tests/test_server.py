@@ -273,7 +273,9 @@ def test_a_browser_learns_what_this_server_is_and_where_twilio_connects(server, 
         answer = refusal
     assert answer.status == status
     url = f"ws://127.0.0.1:{server.port}/media"
-    assert f"Twilio should connect to:\n\n    {url}\n" in answer.read().decode()
+    page = answer.read().decode()
+    assert f"Twilio should connect to:\n\n    {url}\n" in page
+    assert f"http://127.0.0.1:{server.port}/calls" in page  # the operator's pages
     visit = server.lines(f"HTTP GET {path}")[-1]
     assert visit.endswith(f"this server takes Twilio's WebSocket at {url}")
 

@@ -5,16 +5,16 @@ page's event stream (pages.py) asks the board what to send to each watcher:
 - at once, what happens rarely: a call starts (`call`), a track says something
   (`utterance`), a call ends (`end`, with its summary);
 - at most every UPDATE_SECONDS, what changes 50 times a second (`update`): per track
-  speaking or not, level, talk time, audio seconds; gaps and bad messages. One message
+  speaking or not, level, talk time, audio seconds; audio lost, bad messages. One message
   carries every call that changed, so the rate is bounded per watcher, whatever the
   number of calls (see docs/browser.md for the figures with 100 calls).
 """
 
 import math
 import time
-from array import array
-from collections import deque
+from collections import Counter, deque
 
+from mediastream import g711
 from mediastream.handlers import Handler
 
 UPDATE_SECONDS = 0.25  # a meter moving 4 times a second looks live
@@ -42,10 +42,20 @@ class Panel:
             "opened": clock() - stream.duration(),  # when the page's clock says it began
         }
         self.lines = deque(maxlen=LINES_KEPT)
-        self.last_chunk = {}  # track -> its last Media: the meter's level
-        self.changes = 0  # counts what changed; a watcher compares it with what it sent
+        self.utterances = Counter()  # per track, for the summary (lines keep only the last)
+        self.sentiment = Counter()  # per track, the sum of the utterances' scores
+        self.scored = Counter()  # per track, the utterances with a score
+        self.keywords = Counter()
+        self.last_chunk = {}  # track -> its last Media (the meter's level): LiveCalls sets it
         self.summary = None
         self.final = None  # whole(), kept when the call ends (the stream is let go)
+
+    @property
+    def changes(self):
+        """Grows whenever the figures may have changed: messages in, good or bad."""
+        stream = self.stream
+        messages = sum(figures.messages for figures in stream.tracks.values())
+        return messages + stream.bad_messages + stream.missing_sequence_numbers
 
     def figures(self):
         """What changes all the time, now."""
@@ -58,7 +68,7 @@ class Panel:
                 "seconds": round(stream.audio_seconds(name), 1),
                 "speaking": bool(speech and speech.speaking),
                 "talk": round(speech.talk_seconds, 1) if speech else None,
-                "level": level(chunk.pcm) if chunk else 0.0,
+                "level": level(chunk.audio) if chunk else 0.0,
             }
         return {
             "id": self.stream_sid,
@@ -80,14 +90,21 @@ class Panel:
         }
 
 
-def level(pcm):
-    """A chunk's loudness for a meter: 0 (QUIET_DBFS or quieter) to 1 (full scale)."""
-    samples = array("h", pcm)
-    if not samples:
-        return 0.0
-    rms = math.sqrt(sum(s * s for s in samples) / len(samples))
-    dbfs = 20 * math.log10(rms / 32768) if rms else QUIET_DBFS
+def _meter_position(magnitude):
+    """A sample's magnitude on the meter: 0 at QUIET_DBFS or quieter, 1 at full scale."""
+    dbfs = 20 * math.log10(magnitude / 32768) if magnitude else QUIET_DBFS
     return round(max(0.0, 1 - dbfs / QUIET_DBFS), 2)
+
+
+# A mu-law byte's low 7 bits rank its magnitude, loudest at 0: translated to 127 minus
+# that, the loudest sample of a chunk is its max(), found in C with no decoding.
+_LOUDNESS = bytes(0x7F - (byte & 0x7F) for byte in range(256))
+_METER = [_meter_position(abs(g711.decode_byte(0x7F - rank))) for rank in range(128)]
+
+
+def level(audio):
+    """A chunk's peak (mu-law bytes) on a meter: 0 (QUIET_DBFS or quieter) to 1 (full scale)."""
+    return _METER[max(audio.translate(_LOUDNESS))] if audio else 0.0
 
 
 def line(utterance):
@@ -101,30 +118,26 @@ def line(utterance):
     }
 
 
-def summary(stream, ended_by, lines):
+def summary(panel, ended_by):
     """The end of a call as the page shows it: the console's summary, and what was said."""
+    stream = panel.stream
     tracks = {}
     for name, figures in stream.tracks.items():
         speech = figures.speech
-        said = [entry for entry in lines if entry["track"] == name]
-        scores = [entry["sentiment"] for entry in said if entry["sentiment"] is not None]
+        scored = panel.scored[name]
         tracks[name] = {
             "seconds": round(stream.audio_seconds(name), 1),
             "talk": round(speech.talk_seconds, 1) if speech else None,
-            "utterances": len(said),
-            "sentiment": round(sum(scores) / len(scores), 2) if scores else None,
+            "utterances": panel.utterances[name],
+            "sentiment": round(panel.sentiment[name] / scored, 2) if scored else None,
         }
-    keywords = {}
-    for entry in lines:
-        for keyword in entry["keywords"]:
-            keywords[keyword] = keywords.get(keyword, 0) + 1
     return {
         "ended_by": ended_by,
         "duration": round(stream.duration(), 1),
         "tracks": tracks,
         "lost_chunks": stream.missing_chunks,
         "bad_messages": stream.bad_messages,
-        "keywords": keywords,
+        "keywords": dict(panel.keywords),
         "problems": dict(stream.handler_problems),
     }
 
@@ -174,14 +187,19 @@ class CallBoard:
     def said(self, panel, utterance):
         entry = line(utterance)
         panel.lines.append(entry)
+        panel.utterances[utterance.track] += 1
+        if utterance.sentiment is not None:
+            panel.sentiment[utterance.track] += utterance.sentiment
+            panel.scored[utterance.track] += 1
+        panel.keywords.update(utterance.keywords)
         self._tell(panel, "utterance", {"id": panel.stream_sid, "line": entry})
 
     def finished(self, panel, ended_by):
         self.open.pop(panel.stream_sid, None)
-        panel.summary = summary(panel.stream, ended_by, panel.lines)
+        panel.summary = summary(panel, ended_by)
         panel.final = panel.whole()
         panel.stream = None  # an ended panel keeps its figures, not the stream
-        panel.last_chunk.clear()
+        panel.last_chunk = None
         self.ended.appendleft(panel)
         self._tell(panel, "end", panel.final)
 
@@ -189,7 +207,6 @@ class CallBoard:
         for watcher in self.watchers:
             if watcher.wants(panel.stream_sid):
                 watcher.push(name, body)
-                watcher.sent_changes[panel.stream_sid] = panel.changes
 
     # -- asked by the page's event stream
 
@@ -228,28 +245,20 @@ BOARD = CallBoard()  # this process's calls (under gunicorn: this worker's)
 class LiveCalls(Handler):
     """A handler: puts its stream on the live calls page (/calls, and /phone's panel)."""
 
-    may_block = False  # it notes references and counts; figures are read when a page asks
+    may_block = False  # a message costs it one reference kept; figures are read when due
 
     def __init__(self, config, board=BOARD):
         super().__init__(config)
         self.board = board
         self.panel = None
+        self.last_chunk = {}  # track -> its last chunk, the panel's from start on
 
     def start(self, stream, event):
         self.panel = self.board.started(stream, event)
+        self.panel.last_chunk = self.last_chunk
 
     def media(self, stream, chunk):
-        if self.panel:
-            self.panel.last_chunk[chunk.track] = chunk
-            self.panel.changes += 1
-
-    def gap(self, stream, event, lost_messages, lost_chunks):
-        if self.panel:
-            self.panel.changes += 1
-
-    def bad_message(self, stream, problem):
-        if self.panel:
-            self.panel.changes += 1
+        self.last_chunk[chunk.track] = chunk
 
     def utterance(self, stream, utterance):
         if self.panel:

@@ -6,6 +6,7 @@
 "use strict";
 
 const Live = (() => {
+  const ENDED_KEPT = 10; // as the server's live.py
   const clock = (seconds) => {
     const minutes = Math.floor(seconds / 60);
     const rest = (seconds - 60 * minutes).toFixed(1).padStart(4, "0");
@@ -167,10 +168,19 @@ const Live = (() => {
     on("utterance", (body) => panels.get(body.id)?.say(body.line));
     on("end", (call) => {
       const panel = panels.get(call.id);
-      if (!panel) return add(call);
-      panel.update(call);
-      panel.end(call);
-      place(panel);
+      if (panel) {
+        panel.update(call);
+        panel.end(call);
+        place(panel);
+      } else {
+        add(call);
+      }
+      // Keep as many ended calls as the server does (a page may stay open for days).
+      const endedPanels = [...panels.values()].filter((each) => each.ended);
+      for (const old of endedPanels.slice(0, -ENDED_KEPT)) {
+        old.node.remove();
+        panels.delete(old.id);
+      }
     });
     if (status) {
       source.onopen = () => (status.textContent = "live");

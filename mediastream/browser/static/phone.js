@@ -47,6 +47,9 @@ class Softphone {
     this.pendingMarks = []; // {name, at}: echoed when the audio clock passes `at`
     this.playing = []; // the sources scheduled and not yet played out
     this.page.state("Asking for the microphone…", "dialing");
+    if (!window.isSecureContext || !navigator.mediaDevices) {
+      throw new Error("the microphone is unavailable: a browser gives it only to https:// pages and localhost (open this page through ngrok's https:// URL)");
+    }
     const microphone = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
     });
@@ -183,7 +186,8 @@ const page = {
     document.body.dataset.state = state;
   },
   connected(streamSid) {
-    this.state(`On the call: stream ${streamSid}`, "connected");
+    this.state(`On the call [${streamSid.slice(-8)}]`, "connected"); // the console's tag
+    document.body.dataset.streamSid = streamSid;
     this.node("call").disabled = true;
     this.node("hangup").disabled = false;
     this.panel?.close();
