@@ -5,7 +5,8 @@
 HOST, PORT, LOG_LEVEL, LOG_FORMAT, DRAIN_TIMEOUT and the rest mean what they mean for
 `python app.py`; WEB_CONCURRENCY (gunicorn's own variable) overrides the number of workers.
 PROMETHEUS_MULTIPROC_DIR, if set, is where the workers keep their metrics (emptied at
-start); otherwise a temporary directory is made, and removed at exit.
+start) and the sockets through which each worker's /calls page shows the others' calls;
+otherwise a temporary directory is made, and removed at exit.
 """
 
 import atexit
@@ -33,6 +34,7 @@ def remove_own_metrics_dir():
 
 
 from mediastream import console  # noqa: E402
+from mediastream.browser.events import PEER_SOCKETS, share_calls  # noqa: E402
 from mediastream.config import Config, ConfigError  # noqa: E402
 
 # (Names here that match a gunicorn setting, like `config`, are read as that setting.)
@@ -53,10 +55,16 @@ console.configure_logging(settings.log_level, settings.log_format)  # the worker
 
 
 def on_starting(server):
-    """Start the metrics from zero: a previous run's files would be added in."""
+    """Start the metrics from zero: a previous run's files would be added in (and a previous
+    run's sockets for the calls page would be followed)."""
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    for old in METRICS_DIR.glob("*.db"):
+    for old in [*METRICS_DIR.glob("*.db"), *METRICS_DIR.glob(PEER_SOCKETS)]:
         old.unlink()
+
+
+def post_worker_init(worker):
+    """Every worker's calls on each worker's /calls page, through the run's directory."""
+    share_calls(worker.wsgi, METRICS_DIR)
 
 
 def child_exit(server, worker):

@@ -1,5 +1,6 @@
 """Production: gunicorn with two workers of gevent-websocket's worker class (ours)."""
 
+import json
 import os
 import re
 import signal
@@ -9,9 +10,11 @@ import threading
 import time
 
 import pytest
+import requests
 import websocket
 from conftest import GUNICORN, GUNICORN_LISTENING, REPO, ServerProcess
 
+from mediastream.browser.events import parse_message
 from mediastream.simulator import TwilioCall
 
 
@@ -103,3 +106,32 @@ def test_gunicorn_leaves_no_metrics_directory_behind(tmp_path):
     assert len(metrics_dirs()) == 1  # the running one's only
     assert running.stop() == 0
     assert metrics_dirs() == []
+
+
+def test_the_calls_page_shows_every_workers_calls(start_gunicorn):
+    """Each worker is a process with calls of its own; a page, served by one of them,
+    shows them all (browser/events.py: the workers share them over unix sockets)."""
+    gunicorn = start_gunicorn(LOG_FORMAT="json")
+    open_calls, workers = [], set()
+    while len(workers) < 2 and len(open_calls) < 40:  # until both workers have a call
+        call, ws = open_call(gunicorn)
+        open_calls.append((call, ws))
+        started = gunicorn.wait_for(rf'\{{[^\n]*"message": "\[{call.tag}\] start:[^\n]*')
+        workers.add(json.loads(started.group(0))["pid"])
+    assert len(workers) == 2
+    expected = {call.stream_sid for call, _ in open_calls}
+    shown = set()
+    page = requests.get(f"http://127.0.0.1:{gunicorn.port}/calls/events", stream=True, timeout=5)
+    text = ""
+    for chunk in page.iter_content(None, decode_unicode=True):
+        *messages, text = (text + chunk).split("\n\n")
+        for name, body in map(parse_message, messages):
+            if name in ("snapshot", "calls"):
+                shown |= {each["id"] for each in body["calls"]}
+        if shown >= expected:
+            break
+    page.close()
+    assert shown == expected
+    for call, ws in open_calls:
+        ws.send(call.stop())
+        ws.close()

@@ -2,8 +2,8 @@
 
 - `/calls` and `/phone` serve static HTML; their JavaScript and CSS come from /browser/
   (this package's static/ folder: no build step, nothing from a CDN).
-- `/calls/events` is the pages' Server-Sent Events stream: a `snapshot` first, then what
-  the board (live.py) has for this page, each as one `event:`/`data:` message;
+- `/calls/events` is the pages' Server-Sent Events stream (events.py): a `snapshot` first,
+  then what the board (live.py) has for this page, each as one `event:`/`data:` message;
   `?stream=<streamSid>` follows one call (the softphone's own panel).
 - `POST /phone/credential`: with TWILIO_AUTH_TOKEN set, a single-use credential the
   softphone's handshake to /media carries in place of Twilio's signature.
@@ -14,20 +14,16 @@ server sets a cookie that stands for the token and sends the browser on to /call
 """
 
 import hmac
-import json
 import logging
-import time
 
-from flask import Blueprint, Response, redirect, request
-from gevent.event import Event
+from flask import Blueprint, Response, current_app, redirect, request
 
-from mediastream.browser.live import BOARD, UPDATE_SECONDS
+from mediastream.browser.events import event_stream
+from mediastream.browser.live import BOARD
 from mediastream.security import OPERATOR_COOKIE, operator_cookie, operator_refusal
 from mediastream.websocket import client_address
 
 log = logging.getLogger("mediastream")
-
-KEEPALIVE_SECONDS = 15  # a comment this often keeps proxies (ngrok) from closing a quiet page
 
 
 def browser_pages(config, connections, credentials=None, board=BOARD):
@@ -70,7 +66,7 @@ def browser_pages(config, connections, credentials=None, board=BOARD):
             "a softphone" if stream_sid else "the calls",
         )
         return Response(
-            _event_stream(board, stream_sid, connections),
+            event_stream(board, stream_sid, connections, current_app.extensions.get("calls_peers")),
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             mimetype="text/event-stream",
         )
@@ -94,39 +90,3 @@ def _remember_operator(token):
         secure=request.headers.get("X-Forwarded-Proto", request.scheme) == "https",
     )
     return response
-
-
-def _event_stream(board, stream_sid, connections):
-    """One page's Server-Sent Events: what the board has for it, as it comes. Ends when the
-    page goes, or when the server drains and its last call has ended (so that a page left
-    open does not hold a deploy up)."""
-    arrived = Event()
-    watcher, first = board.watch(stream_sid, arrived.set)
-    try:
-        yield _message("snapshot", first)
-        next_update = last_sent = time.monotonic()
-        while connections.state == "ok" or board.open:
-            arrived.wait(timeout=max(0.0, next_update - time.monotonic()))
-            arrived.clear()
-            messages = []
-            if watcher.behind:
-                messages.append(_message("snapshot", board.snapshot(watcher)))
-            while watcher.pending:
-                messages.append(_message(*watcher.pending.popleft()))
-            now = time.monotonic()
-            if now >= next_update:
-                next_update = now + UPDATE_SECONDS
-                changed = board.updates(watcher)
-                if changed:
-                    messages.append(_message("update", {"calls": changed}))
-            if not messages and now - last_sent >= KEEPALIVE_SECONDS:
-                messages.append(": still here\n\n")
-            if messages:
-                last_sent = now
-                yield "".join(messages)
-    finally:
-        board.unwatch(watcher)
-
-
-def _message(name, body):
-    return f"event: {name}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"

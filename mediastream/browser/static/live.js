@@ -1,6 +1,6 @@
 // The live panels of /calls (every call) and /phone (its own call), fed by the server's
-// Server-Sent Events at /calls/events: `snapshot` (every call, on (re)connecting), `call`
-// (one starts), `update` (figures that changed, at most 4 times a second), `utterance`
+// Server-Sent Events at /calls/events: `snapshot` (every call, on (re)connecting), `calls`
+// (another gunicorn worker's, to add), `call` (one starts), `update` (figures that changed, at most 4 times a second), `utterance`
 // (a transcript line) and `end` (the call's summary). Everything from the server is put
 // in the page as text, never as HTML.
 "use strict";
@@ -163,6 +163,7 @@ const Live = (() => {
       panels.clear();
       for (const call of body.calls.slice().reverse()) add(call);
     });
+    on("calls", (body) => body.calls.slice().reverse().forEach(add)); // another worker's
     on("call", add);
     on("update", (body) => body.calls.forEach((figures) => panels.get(figures.id)?.update(figures)));
     on("utterance", (body) => panels.get(body.id)?.say(body.line));
