@@ -55,6 +55,7 @@ class Softphone {
     });
     this.microphone = microphone;
     const audio = (this.audio = new AudioContext());
+    await audio.resume(); // a context made after an await may start suspended (autoplay rules)
     await audio.audioWorklet.addModule("/browser/capture-worklet.js");
     this.capture = new AudioWorkletNode(audio, "call-capture");
     const silent = audio.createGain(); // the worklet must reach the output to be run
