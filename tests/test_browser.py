@@ -88,6 +88,14 @@ def test_a_softphone_call_shows_on_the_console_and_live_on_the_calls_page(
     screenshot(calls, "calls", tmp_path)
     screenshot(phone, "phone", tmp_path)
 
+    # The keypad: each key a dtmf message, as Twilio sends a caller's keys.
+    phone.click("#keypad button:text('4')")
+    phone.keyboard.press("2")
+    server.wait_for(rf"\[{tag}\] dtmf: digit 4 \(inbound_track\)")
+    server.wait_for(rf"\[{tag}\] dtmf: digit 2 \(inbound_track\)")
+    assert phone.text_content("#keys") == "42"
+    calls.wait_for_selector(f"{panel} .problems:text-matches('^keys 42 ')")
+
     phone.click("#hangup")
     lines = server.summary(type("Call", (), {"tag": tag}))
     assert f"summary: stream {stream_sid} ended by stop" in lines

@@ -49,6 +49,7 @@ def test_a_watcher_hears_a_call_start_speak_and_end_at_once():
     assert snapshot == {"calls": []}
     live = Live(board, TwilioCall(parameters={"caller": "Ann"})).start()
     live.say("I want to cancel.", ["cancel"], -0.3)
+    live.handler.dtmf(live.stream, parse_message(live.call.dtmf("4")))
     live.end()
     names = [name for name, _ in watcher.pending]
     assert names == ["call", "utterance", "end"]
@@ -58,6 +59,7 @@ def test_a_watcher_hears_a_call_start_speak_and_end_at_once():
     assert end["summary"]["ended_by"] == "stop"
     assert end["summary"]["keywords"] == {"cancel": 1}
     assert end["summary"]["tracks"]["inbound"]["sentiment"] == -0.3
+    assert end["summary"]["keys"] == end["keys"] == "4"
 
 
 def test_figures_go_out_once_per_update_however_many_messages_arrived():

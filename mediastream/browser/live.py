@@ -5,7 +5,8 @@ page's event stream (pages.py) asks the board what to send to each watcher:
 - at once, what happens rarely: a call starts (`call`), a track says something
   (`utterance`), a call ends (`end`, with its summary);
 - at most every UPDATE_SECONDS, what changes 50 times a second (`update`): per track
-  speaking or not, level, talk time, audio seconds; audio lost, bad messages. One message
+  speaking or not, level, talk time, audio seconds; keys pressed, audio lost, bad
+  messages. One message
   carries every call that changed, so the rate is bounded per watcher, whatever the
   number of calls (see docs/browser.md for the figures with 100 calls).
 """
@@ -20,6 +21,7 @@ from mediastream.handlers import Handler
 UPDATE_SECONDS = 0.25  # a meter moving 4 times a second looks live
 ENDED_KEPT = 10  # ended calls the page still shows
 LINES_KEPT = 200  # transcript lines a panel keeps for a page opened late
+MAX_KEYS = 40  # DTMF digits a panel shows
 PENDING_MAX = 500  # events a slow watcher may have waiting before it gets a fresh snapshot
 QUIET_DBFS = -60.0  # the bottom of the level meter
 
@@ -46,6 +48,7 @@ class Panel:
         self.sentiment = Counter()  # per track, the sum of the utterances' scores
         self.scored = Counter()  # per track, the utterances with a score
         self.keywords = Counter()
+        self.keys = ""  # the caller's DTMF digits so far (the last MAX_KEYS)
         self.last_chunk = {}  # track -> its last Media (the meter's level): LiveCalls sets it
         self.summary = None
         self.final = None  # whole(), kept when the call ends (the stream is let go)
@@ -55,7 +58,7 @@ class Panel:
         """Grows whenever the figures may have changed: messages in, good or bad."""
         stream = self.stream
         messages = sum(figures.messages for figures in stream.tracks.values())
-        return messages + stream.bad_messages + stream.missing_sequence_numbers
+        return messages + stream.bad_messages + stream.missing_sequence_numbers + len(self.keys)
 
     def figures(self):
         """What changes all the time, now."""
@@ -76,6 +79,7 @@ class Panel:
             "tracks": tracks,
             "lost_chunks": stream.missing_chunks,
             "bad_messages": stream.bad_messages,
+            "keys": self.keys,
         }
 
     def whole(self):
@@ -138,6 +142,7 @@ def summary(panel, ended_by):
         "lost_chunks": stream.missing_chunks,
         "bad_messages": stream.bad_messages,
         "keywords": dict(panel.keywords),
+        "keys": panel.keys,
         "problems": dict(stream.handler_problems),
     }
 
@@ -259,6 +264,10 @@ class LiveCalls(Handler):
 
     def media(self, stream, chunk):
         self.last_chunk[chunk.track] = chunk
+
+    def dtmf(self, stream, event):
+        if self.panel:
+            self.panel.keys = (self.panel.keys + event.digit)[-MAX_KEYS:]
 
     def utterance(self, stream, utterance):
         if self.panel:

@@ -21,6 +21,7 @@ const Live = (() => {
   };
 
   const problems = (figures) =>
+    (figures.keys ? `keys ${figures.keys} · ` : "") +
     `audio lost ${figures.lost_chunks * 20} ms · bad messages ${figures.bad_messages}`;
 
   const mood = (score) => (score >= 0.05 ? "positive" : score <= -0.05 ? "negative" : "neutral");

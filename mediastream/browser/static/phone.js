@@ -1,6 +1,7 @@
 // The softphone: the microphone streamed to /media in Twilio's own messages, as a call
 // would be. `connected`, `start` (with the page's custom parameters: caller, and mode for
-// talk back), a `media` message per 20 ms of 8000 Hz mu-law, `stop` on hang up. What the
+// talk back), a `media` message per 20 ms of 8000 Hz mu-law, a `dtmf` message per key
+// pressed on the keypad (or typed), `stop` on hang up. What the
 // server sends back (talk back) is played in order and in real time; each mark is echoed
 // when the audio before it has played, and `clear` drops what is queued and echoes every
 // pending mark at once, as Twilio does.
@@ -44,6 +45,7 @@ class Softphone {
     this.heard = 0;
     this.marksPlayed = 0;
     this.clears = 0;
+    this.keys = "";
     this.pendingMarks = []; // {name, at}: echoed when the audio clock passes `at`
     this.playing = []; // the sources scheduled and not yet played out
     this.page.state("Asking for the microphone…", "dialing");
@@ -112,6 +114,13 @@ class Softphone {
         payload: toBase64(Array.from(frame, muLawByte)),
       },
     });
+    this.page.figures(this);
+  }
+
+  press(digit) {
+    if (!this.socket || this.socket.readyState !== WebSocket.OPEN) return;
+    this.send({ event: "dtmf", streamSid: this.streamSid, dtmf: { track: "inbound_track", digit } });
+    this.keys += digit;
     this.page.figures(this);
   }
 
@@ -200,6 +209,7 @@ const page = {
     this.node("heard").textContent = `${phone.heard.toFixed(1)} s`;
     this.node("marks").textContent = phone.marksPlayed;
     this.node("clears").textContent = phone.clears;
+    this.node("keys").textContent = phone.keys || "—";
   },
   ended(text) {
     this.state(text, "ended");
@@ -220,3 +230,9 @@ page.node("dialer").addEventListener("submit", (event) => {
   });
 });
 page.node("hangup").addEventListener("click", () => phone.hangUp());
+page.node("keypad").addEventListener("click", (event) => {
+  if (event.target.tagName === "BUTTON") phone.press(event.target.textContent);
+});
+document.addEventListener("keydown", (event) => {
+  if (/^[0-9*#]$/.test(event.key) && event.target.tagName !== "INPUT") phone.press(event.key);
+});
