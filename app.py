@@ -15,6 +15,7 @@ import gevent
 from flask import Flask, request
 from gevent.event import Event
 
+from mediastream.agent import Agent
 from mediastream.browser.live import LiveCalls
 from mediastream.browser.pages import browser_pages
 from mediastream.config import Config, ConfigError
@@ -54,8 +55,9 @@ from mediastream.websocket import (
 # the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
 # SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set (and in it, the KEYWORDS and the
 # sentiment), the live calls page (/calls), and, when the TwiML asks for it, the caller's
-# echo (mode=echo) or a greeting they can talk over (mode=prompt). Add your own handlers
-# after these (see mediastream/handlers.py and docs/handlers.md).
+# echo (mode=echo), a greeting they can talk over (mode=prompt), or a conversation with a
+# model (mode=agent, with AGENT set). Add your own handlers after these (see
+# mediastream/handlers.py and docs/handlers.md).
 DEFAULT_HANDLERS = (
     Console,
     Metrics,
@@ -67,6 +69,7 @@ DEFAULT_HANDLERS = (
     LiveCalls,
     Echo,
     Prompt,
+    Agent,
 )
 
 

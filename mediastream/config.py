@@ -12,6 +12,15 @@ class ConfigError(ValueError):
     """A setting the server cannot use; the message says which and why."""
 
 
+# The agent's system message: what a phone agent needs to be told.
+DEFAULT_PROMPT = (
+    "You are a helpful assistant on a phone call. The caller hears your answers read aloud "
+    "by a voice, so answer in one to three short spoken sentences, in plain words: no "
+    "lists, no markdown, no emoji. If you did not catch what the caller said, ask them to "
+    "say it again."
+)
+
+
 @dataclass(frozen=True)
 class Config:
     host: str = "0.0.0.0"
@@ -35,6 +44,15 @@ class Config:
     transcribe_backlog_seconds: float = 30.0
     keywords: tuple = ()
     sentiment: bool = True
+    agent: str | None = None  # "local", or a chat completions server's http(s):// base
+    agent_model: str = "gpt-4o-mini"  # the model a chat server is asked for
+    agent_api_key: str | None = field(default=None, repr=False)  # a secret: never shown
+    agent_prompt: str = DEFAULT_PROMPT
+    agent_greeting: str = "Hello! How can I help you today?"
+    speak: str | None = None  # "local", or a speech server's http(s):// base
+    speak_model: str = "tts-1"
+    speak_voice: str = "alloy"
+    speak_api_key: str | None = field(default=None, repr=False)  # a secret: never shown
     drain_timeout: float = 1800.0  # 30 minutes: most calls end well within it
     read_interval: float = 0.1  # a one-way stream is read at most this often (0: per message)
 
@@ -81,6 +99,15 @@ class Config:
                 cls.transcribe_backlog_seconds,
             ),
             keywords=_keywords(environ.get("KEYWORDS")),
+            agent=_service(environ.get("AGENT"), "AGENT", "a chat completions server"),
+            agent_model=(environ.get("AGENT_MODEL") or "").strip() or cls.agent_model,
+            agent_api_key=environ.get("AGENT_API_KEY") or None,
+            agent_prompt=environ.get("AGENT_PROMPT") or cls.agent_prompt,
+            agent_greeting=(environ.get("AGENT_GREETING") or "").strip() or cls.agent_greeting,
+            speak=_service(environ.get("SPEAK"), "SPEAK", "a speech server"),
+            speak_model=(environ.get("SPEAK_MODEL") or "").strip() or cls.speak_model,
+            speak_voice=(environ.get("SPEAK_VOICE") or "").strip() or cls.speak_voice,
+            speak_api_key=environ.get("SPEAK_API_KEY") or None,
             sentiment=_on_off(environ.get("SENTIMENT"), "SENTIMENT", True),
             read_interval=_read_interval(environ.get("READ_INTERVAL")),
             drain_timeout=_positive(
@@ -160,6 +187,20 @@ def _transcription_url(text):
             f"TRANSCRIBE must be a model name, a directory, or a server's base URL like "
             f"http://asr.internal:8000/v1, not {text!r}"
         )
+
+
+def _service(text, name, what):
+    """AGENT or SPEAK: local (the embedded default), or a server's base URL."""
+    text = (text or "").strip()
+    if not text or text == "local":
+        return text or None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(
+            f"{name} must be local, or {what}'s base URL like http://127.0.0.1:8000/v1, "
+            f"not {text!r}"
+        )
+    return text.rstrip("/")
 
 
 def _read_interval(text):

@@ -104,7 +104,7 @@ class Console(Handler):
         holes = []
         if lost_messages:
             holes.append(
-                f"{_count(len(lost_messages), 'message')} lost "
+                f"{counted(len(lost_messages), 'message')} lost "
                 f"({_numbers('sequence number', lost_messages)})"
             )
         if lost_chunks:
@@ -148,12 +148,12 @@ class Console(Handler):
                 talkback.marks_sent,
                 talkback.marks_played,
                 talkback.marks_cleared,
-                _count(talkback.clears, "clear"),
+                counted(talkback.clears, "clear"),
             )
         stream.log.info(
             "gaps: %s, %s; bad messages: %d",
-            _count(stream.missing_chunks, "missing chunk"),
-            _count(stream.missing_sequence_numbers, "missing sequence number"),
+            counted(stream.missing_chunks, "missing chunk"),
+            counted(stream.missing_sequence_numbers, "missing sequence number"),
             stream.bad_messages,
         )
         for name, problem in stream.handler_problems.items():
@@ -205,7 +205,7 @@ def _figures(stream, ended_by):
 def _media_per_track(stream):
     return (
         ", ".join(
-            f"{track} {_count(figures.messages, 'message')} ({stream.audio_seconds(track):.1f} s)"
+            f"{track} {counted(figures.messages, 'message')} ({stream.audio_seconds(track):.1f} s)"
             for track, figures in stream.tracks.items()
         )
         or "no media"
@@ -219,6 +219,6 @@ def _numbers(noun, numbers):
     return f"{noun}s {numbers[0]}-{numbers[-1]}"
 
 
-def _count(count, noun):
+def counted(count, noun):
     """'1 chunk' or '2 chunks'."""
     return f"{count} {noun}{'' if count == 1 else 's'}"

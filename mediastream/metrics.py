@@ -17,6 +17,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
     multiprocess,
@@ -49,6 +50,16 @@ TRANSCRIBED = Counter(
 )
 KEYWORD_HITS = Counter(
     "mediastream_keyword_hits", "Utterances that contained a keyword (KEYWORDS)", ["keyword"]
+)
+
+AGENT_SECONDS = Histogram(
+    "mediastream_agent_seconds",
+    "Seconds from the end of the caller's speech to each stage of the agent's answer",
+    ["stage"],  # end_of_turn, transcript, first_token, first_sentence, first_audio
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+AGENT_INTERRUPTIONS = Counter(
+    "mediastream_agent_interruptions", "Answers the caller talked over (barge-in)"
 )
 
 FLUSH_EVERY = 50  # media messages counted in the handler before they reach the metrics

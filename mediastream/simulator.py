@@ -436,7 +436,8 @@ class TwilioSide:
         self.call = call
         self.bidirectional = bidirectional
         self.send = send
-        self.buffer = deque()  # mu-law chunks, and ("mark", name), in order
+        self.buffer = deque()  # mu-law audio of any length, and ("mark", name), in order
+        self.marks_due = []  # marks whose audio is playing now: echoed at the next chunk
         self.heard = bytearray()
         self.rejections = []
         self.sent_at = {}  # inbound chunk -> when it was sent, to time its echo
@@ -483,9 +484,7 @@ class TwilioSide:
             sent = self.sent_at.pop(audio, None)
             if sent is not None:
                 self.latencies.append(time.monotonic() - sent)
-            self.buffer.extend(
-                audio[n : n + CHUNK_SAMPLES] for n in range(0, len(audio), CHUNK_SAMPLES)
-            )
+            self.buffer.append(audio)
         elif event == "mark":
             name = body.get("name") if isinstance(body, dict) else None
             if not isinstance(name, str):
@@ -502,11 +501,34 @@ class TwilioSide:
         """Play the buffer out in real time; echo marks as their audio has played."""
         started, played = time.monotonic(), 0
         while True:
-            while self.buffer and isinstance(self.buffer[0], tuple):
-                self.send(self.call.mark(self.buffer.popleft()[1]))
-            self.heard += self.buffer.popleft() if self.buffer else SILENT_CHUNK
+            self.heard += self._next_chunk()
             played += 1
             gevent.sleep(max(0.0, started + played * CHUNK_SECONDS - time.monotonic()))
+
+    def _next_chunk(self):
+        """The next 20 ms of what is buffered, however the server cut its messages (with
+        silence where it runs out). A mark is echoed once the audio before it has played:
+        at once when nothing is before it, else at the next chunk."""
+        for name in self.marks_due:
+            self.send(self.call.mark(name))
+        self.marks_due = []
+        chunk = bytearray()
+        while self.buffer:
+            item = self.buffer.popleft()
+            if isinstance(item, tuple):
+                if chunk:
+                    self.marks_due.append(item[1])
+                else:
+                    self.send(self.call.mark(item[1]))
+                continue
+            if len(chunk) == CHUNK_SAMPLES:
+                self.buffer.appendleft(item)
+                break
+            wanted = CHUNK_SAMPLES - len(chunk)
+            chunk += item[:wanted]
+            if len(item) > wanted:
+                self.buffer.appendleft(item[wanted:])
+        return bytes(chunk.ljust(CHUNK_SAMPLES, SILENT_CHUNK[:1]))
 
     def _reject(self, error, what):
         self.rejections.append(f"Twilio would reject {what} (error {error})")

@@ -55,6 +55,11 @@ class TrackSpeech:
         return self._turn_start, self._turn_end()
 
     @property
+    def pause(self):
+        """Unvoiced frames since the last voiced one (0 while voiced)."""
+        return self._unvoiced_run
+
+    @property
     def talk_seconds(self):
         frames = self.finished_frames
         if self._turn_start is not None:

@@ -30,18 +30,25 @@ from dataclasses import asdict, dataclass, field
 import gevent
 from gevent import GreenletExit
 
-from mediastream.engines import EngineFailed, load_engine
+from mediastream.apiclient import ServiceFailed
+from mediastream.engines import load_engine
 from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, CHUNKS_PER_SECOND
 from mediastream.handlers import END_WAIT_SECONDS, Handler
 from mediastream.metrics import TRANSCRIBED
 from mediastream.recording import create_new
-from mediastream.speech import ONSET_FRAMES, clock
+from mediastream.speech import ONSET_FRAMES, VAD_OVERHANG_FRAMES, clock
 
 PREROLL_FRAMES = 15  # 300 ms before a turn: speech activity starts a turn 60 ms in
 TAIL_FRAMES = 10  # 200 ms after it: the end of the last word
 MIN_FRAMES = 15  # 300 ms: shorter is not words
 MAX_FRAMES = 15 * CHUNKS_PER_SECOND  # a monologue is shown every 15 s
 FRAME_BYTES = 2 * CHUNK_SAMPLES
+# Streams whose caller waits for an answer to each utterance (the agent's): their inbound
+# utterances are transcribed early, at the first EARLY_FRAMES of a pause (by then the
+# audio the utterance would end with is all here), and the text is kept if the pause
+# goes on to end the turn, so it is ready about when the turn ends.
+EARLY_MODES = ("agent",)
+EARLY_FRAMES = TAIL_FRAMES - VAD_OVERHANG_FRAMES  # 100 ms into the pause
 
 log = logging.getLogger("mediastream")
 startup = logging.getLogger("mediastream.startup")
@@ -96,6 +103,17 @@ class Utterances:
         self._keep_from(frame + 1 - PREROLL_FRAMES - ONSET_FRAMES)
         return None
 
+    def guess(self, speech):
+        """The utterance under way as it will be cut if the pause now under way ends the
+        turn, when that pause is EARLY_FRAMES long: (pcm, start, end); else None."""
+        turn = speech.turn
+        if self.cut_at is None or turn is None or speech.pause != EARLY_FRAMES:
+            return None
+        start, end = turn
+        if end - start < MIN_FRAMES:
+            return None
+        return bytes(self._slice(self.cut_at, end + TAIL_FRAMES)), self.speech_start, end
+
     def finish(self, speech):
         """At the stream's end: the utterance under way, if any."""
         if self.cut_at is None or speech.turn is None:
@@ -140,8 +158,11 @@ class Transcript(Handler):
         self.transcribed = self.skipped = 0
         self.warned = set()  # what this stream has been warned of: "backlog", engine failures
         self.file = None
+        self.early = False  # transcribe the caller's utterances early (EARLY_MODES)
+        self.guessed = None  # (pcm length, start, end) of the early one, and its result
 
     def start(self, stream, event):
+        self.early = stream.mode in EARLY_MODES
         if self.config.recordings_dir:
             try:
                 self.file, _ = create_new(
@@ -161,6 +182,11 @@ class Transcript(Handler):
         if finished:
             pcm, start, end = finished
             self._submit(stream, chunk.track, pcm, start, end, frames_ago=chunk.chunk - end)
+        elif self.early and chunk.track == "inbound":
+            guess = utterances.guess(speech)
+            if guess:
+                pcm, start, end = guess
+                self.guessed = (len(pcm), start, end), self.engine.submit(pcm)
 
     def finish(self, stream):
         """The utterances under way when the stream ended, to every handler before end()."""
@@ -193,7 +219,9 @@ class Transcript(Handler):
             self.file = None
 
     def _submit(self, stream, track, pcm, start, end, frames_ago):
-        result = self.engine.submit(pcm)
+        result = self._early_result(track, pcm, start, end)
+        if result is None:
+            result = self.engine.submit(pcm)
         if result is None:
             self.skipped += 1
             TRANSCRIBED.labels("skipped").inc()
@@ -211,12 +239,19 @@ class Transcript(Handler):
         self.pending.append([track, start, end, result, ended_at])
         result.rawlink(lambda _: self._pass_on_ready(stream))
 
+    def _early_result(self, track, pcm, start, end):
+        """The early transcription of this very utterance, if there is one."""
+        if not self.early or track != "inbound":
+            return None
+        guessed, self.guessed = self.guessed, None
+        return guessed[1] if guessed and guessed[0] == (len(pcm), start, end) else None
+
     def _failed(self, stream, problem):
         """An utterance the engine could not transcribe: skipped, counted, and said once
         per stream for each kind of failure (an engine that is down fails every one)."""
         self.skipped += 1
         TRANSCRIBED.labels("failed").inc()
-        kind = problem.kind if isinstance(problem, EngineFailed) else type(problem).__name__
+        kind = problem.kind if isinstance(problem, ServiceFailed) else type(problem).__name__
         if kind not in self.warned:
             self.warned.add(kind)
             stream.log.warning(

