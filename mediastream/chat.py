@@ -95,6 +95,7 @@ def load_model(config):
     params.n_ctx = LOCAL_CONTEXT
     params.n_parallel = LOCAL_SLOTS
     params.cpuparams.n_threads = len(os.sched_getaffinity(0))
+    params.cpuparams.poll = 0
     params.port = port
     params.verbosity = -1  # its log lines would flood the console
     server = xllamacpp.Server(params)

@@ -5,7 +5,8 @@ from its stream of text, and what the caller has heard of each answer.
   each caller turn as a user message and each answer as an assistant message. A caller
   who goes on before hearing anything of an answer (a pause mid-sentence) extends their
   last message: one answer to the whole turn.
-- Sentences: each one goes to the voice as soon as the model has finished it.
+- Sentences: each one goes to the voice as soon as the model has finished it (the first
+  may be a clause, for a sooner start).
 - What was heard: an answer is sent as pieces of audio, a sentence each, each followed
   by a mark. A mark that comes back played means its piece was heard whole; of the piece
   playing when the caller cut in, the words are counted by the time it had played (its
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 # line's end. A few abbreviations are not ends.
 SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n")
 ABBREVIATIONS = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.", "No.", "e.g.", "i.e.", "vs.", "etc.")
+CLAUSE_END = re.compile(r"[,;:](?=\s)")
+FIRST_CLAUSE_WORDS = 4
 MARKUP = re.compile(r"[*_#`~]+|\[|\]\([^)]*\)")  # markdown a voice would read out
 
 
@@ -45,15 +48,21 @@ class Conversation:
 
 
 class Sentences:
-    """A model's text, as it streams in, cut into sentences ready to speak."""
+    """A model's text, as it streams in, cut into sentences ready to speak. The first
+    piece may be a clause: cut at a comma (or ; :) once it has FIRST_CLAUSE_WORDS, so
+    that the caller hears the answer begin sooner."""
 
     def __init__(self):
         self.text = ""
+        self.first = True
 
     def add(self, text):
         """Take more of the answer; return the sentences it completed."""
         self.text += text
         done = []
+        if self.first and (clause := self._first_clause()):
+            done.append(self.text[:clause])
+            self.text = self.text[clause:]
         start = 0
         for end in SENTENCE_END.finditer(self.text):
             sentence = self.text[start : end.end()]
@@ -62,7 +71,20 @@ class Sentences:
             start = end.end()
             done.append(sentence)
         self.text = self.text[start:]
-        return [spoken for spoken in map(speakable, done) if spoken]
+        spoken = [sentence for sentence in map(speakable, done) if sentence]
+        self.first = self.first and not spoken
+        return spoken
+
+    def _first_clause(self):
+        """Where the answer's first clause of FIRST_CLAUSE_WORDS ends, before any
+        sentence end; else None."""
+        for clause in CLAUSE_END.finditer(self.text):
+            before = self.text[: clause.end()]
+            if SENTENCE_END.search(before):
+                return None
+            if len(before.split()) >= FIRST_CLAUSE_WORDS:
+                return clause.end()
+        return None
 
     def finish(self):
         """The rest of the answer, once the model has finished it."""

@@ -32,6 +32,11 @@ def test_a_turn_the_caller_goes_on_with_joins_their_last_message():
         (["We open at 9.30", " on Saturday. ", "Bye."], ["We open at 9.30 on Saturday.", "Bye."]),
         (["Ask Dr. Smith", " today. Ok"], ["Ask Dr. Smith today.", "Ok"]),
         (["**Sure**, here", " is:\n", "- one"], ["Sure, here is:", "- one"]),
+        (
+            ["Well, I am sorry to hear", " that, truly. Bye."],
+            ["Well, I am sorry to hear that,", "truly.", "Bye."],
+        ),
+        (["Yes, it is, we open at nine."], ["Yes, it is, we open at nine."]),
         (['He said "no." Then', " left."], ['He said "no."', "Then left."]),
         ([], []),
     ],

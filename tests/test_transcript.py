@@ -22,6 +22,7 @@ from conftest import (
     simulate,
 )
 
+from mediastream.speech import VAD_OVERHANG_FRAMES, TrackSpeech
 from mediastream.transcript import (
     MAX_FRAMES,
     PREROLL_FRAMES,
@@ -226,3 +227,22 @@ def test_without_the_packages_it_is_one_line_and_the_server_runs(start_server):
     server = start_server(TRANSCRIBE="tiny.en")
     assert server.lines("TRANSCRIBE=tiny.en, but faster-whisper is not installed")
     assert server.lines("listening on")
+
+
+def test_an_agent_streams_utterance_is_guessed_at_the_first_frame_of_its_pause():
+    """The early cut (transcribed at once on mode=agent streams) names the utterance the
+    turn's end then cuts: the same start and end, the audio so far."""
+    utterances, speech, guesses, finished = Utterances(), TrackSpeech(), [], []
+    for frame in range(200):
+        speech.add(frame, 50 <= frame < 100 + VAD_OVERHANG_FRAMES)  # the detector's overhang
+        done = utterances.add(frame, frame.to_bytes(2, "little") * 160, speech)
+        guess = utterances.guess(speech)
+        if guess:
+            guesses.append((frame, guess))
+        if done:
+            finished.append(done)
+    ((frame, (pcm, start, end)),) = guesses  # one pause, one guess
+    assert frame == 100 + VAD_OVERHANG_FRAMES  # the speech ended 120 ms before
+    ((final_pcm, final_start, final_end),) = finished
+    assert (start, end) == (final_start, final_end) == (50, 100)
+    assert final_pcm.startswith(pcm) and len(pcm) == (end + 6 - (start - PREROLL_FRAMES)) * 320
