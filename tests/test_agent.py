@@ -11,6 +11,7 @@ import re
 import wave
 
 import pytest
+import requests
 from conftest import FIXTURES, requires, simulate
 
 from mediastream.config import Config, ConfigError
@@ -74,6 +75,10 @@ def test_three_turns_one_answer_each_and_a_barge_in_keeps_what_was_heard(
     assert 0 < heard_words < said_words
     assert "mark: agent-" in lines and "cleared before it played" in lines
     assert re.search(r"agent: 3 turns, voice to voice median [\d.]+ s; interrupted 1 time", lines)
+    metrics = requests.get(f"http://127.0.0.1:{agent_server.port}/metrics", timeout=5).text
+    for stage in ("end_of_turn", "transcript", "first_token", "first_sentence", "first_audio"):
+        assert f'mediastream_agent_seconds_count{{stage="{stage}"}} 3.0' in metrics
+    assert "mediastream_agent_interruptions_total 1.0" in metrics
 
     answered = [request["messages"] for request in openai_stub.chat_requests()][-3:]
     # The second turn paused mid-sentence: one answer, to all of it.

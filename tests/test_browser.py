@@ -163,6 +163,25 @@ def test_with_the_auth_token_only_the_softphone_streams_in(chromium, start_serve
 
 @requires("faster_whisper", "requirements-transcribe.txt")
 @pytest.mark.transcribe
+def test_the_softphone_talks_with_the_agent(chromium, start_server, openai_stub):
+    """mode=agent, with stand-in model and voice: the page hears the greeting and an
+    answer to what its microphone said, and honours the clears of barge-in."""
+    openai_stub.control(answer="Sure.")
+    server = start_server(AGENT=openai_stub.url, SPEAK=openai_stub.url, TRANSCRIBE="local")
+    context = chromium.new_context()
+    phone, stream_sid = place_call(context, server, mode="agent")
+    tag = stream_sid[-8:]
+    # The microphone speaks at once and on and on: over the greeting, then over answers.
+    server.wait_for(rf"\[{tag}\] barge-in: the caller talked over the agent; cleared")
+    server.wait_for(rf"\[{tag}\] agent: turn 1: voice to voice [\d.]+ s", timeout=30)
+    phone.wait_for_function("() => parseFloat(document.getElementById('heard').textContent) >= 1")
+    phone.click("#hangup")
+    server.wait_for(rf"\[{tag}\] agent: [1-9]\d* turns?, voice to voice median")
+    context.close()
+
+
+@requires("faster_whisper", "requirements-transcribe.txt")
+@pytest.mark.transcribe
 def test_the_calls_page_shows_the_transcript_with_keywords_and_sentiment(
     chromium, start_server, tmp_path
 ):
