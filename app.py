@@ -15,6 +15,7 @@ import gevent
 from flask import Flask, request
 from gevent.event import Event
 
+from mediastream.about import about, health
 from mediastream.agent import Agent
 from mediastream.browser.live import LiveCalls
 from mediastream.browser.pages import browser_pages
@@ -33,7 +34,6 @@ from mediastream.messages import (
     parse_message,
 )
 from mediastream.metrics import Metrics, exposition
-from mediastream.pages import about, health
 from mediastream.recording import Recording
 from mediastream.security import PageCredentials, signature_check
 from mediastream.sentiment import Sentiment

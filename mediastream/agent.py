@@ -30,7 +30,7 @@ from mediastream.apiclient import ServiceFailed
 from mediastream.chat import load_model
 from mediastream.console import counted
 from mediastream.dialogue import Conversation, Playback, Sentences
-from mediastream.engines import load_engine
+from mediastream.engines import transcribing
 from mediastream.g711 import CHUNK_MS, CHUNK_SECONDS, SAMPLE_RATE
 from mediastream.handlers import Handler
 from mediastream.metrics import AGENT_INTERRUPTIONS, AGENT_SECONDS
@@ -75,7 +75,7 @@ def load_agent(config):
     missing = []
     if not config.speak:
         missing.append("SPEAK is not set (the agent has no voice)")
-    if not config.transcribe or load_engine(config) is None:
+    if not transcribing(config):
         missing.append("transcripts are off (set TRANSCRIBE, such as TRANSCRIBE=local)")
     model = load_model(config)
     voice = load_voice(config) if config.speak else None

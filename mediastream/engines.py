@@ -258,6 +258,11 @@ def load_remote(base, model, api_key, timeout, concurrency, backlog_seconds):
     return RemoteEngine(base, model, api_key, timeout, concurrency, backlog_seconds)
 
 
+def transcribing(config):
+    """Whether there are transcripts: TRANSCRIBE set, and its engine loaded."""
+    return bool(config.transcribe) and load_engine(config) is not None
+
+
 @functools.cache
 def load_engine(config):
     """The engine for the config's TRANSCRIBE, loaded once per process; None when there

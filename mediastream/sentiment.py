@@ -12,6 +12,7 @@ it off.
 
 import functools
 
+from mediastream.console import counted
 from mediastream.handlers import Handler
 from mediastream.speech import clock
 from mediastream.transcript import Transcript
@@ -67,11 +68,11 @@ class Sentiment(Handler):
                 "lowest_at": round(utterance.start, 2),
             }
             stream.log.info(
-                'sentiment: %s average %+.2f (%s) over %d utterances; lowest %+.2f at %s: "%s"',
+                'sentiment: %s average %+.2f (%s) over %s; lowest %+.2f at %s: "%s"',
                 track,
                 average,
                 reading(average),
-                len(scored),
+                counted(len(scored), "utterance"),
                 lowest,
                 clock(utterance.start),
                 utterance.text,

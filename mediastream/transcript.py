@@ -31,9 +31,11 @@ import gevent
 from gevent import GreenletExit
 
 from mediastream.apiclient import ServiceFailed
-from mediastream.engines import load_engine
+from mediastream.console import counted
+from mediastream.engines import load_engine, transcribing
 from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, CHUNKS_PER_SECOND
 from mediastream.handlers import END_WAIT_SECONDS, Handler
+from mediastream.keywords import marked
 from mediastream.metrics import TRANSCRIBED
 from mediastream.recording import create_new
 from mediastream.speech import ONSET_FRAMES, clock
@@ -150,7 +152,7 @@ class Transcript(Handler):
 
     @classmethod
     def enabled(cls, config):
-        return bool(config.transcribe) and load_engine(config) is not None
+        return transcribing(config)
 
     def __init__(self, config):
         super().__init__(config)
@@ -204,8 +206,8 @@ class Transcript(Handler):
 
     def end(self, stream, ended_by):
         stream.log.info(
-            "transcript: %d utterances transcribed, %d skipped%s",
-            self.transcribed,
+            "transcript: %s transcribed, %d skipped%s",
+            counted(self.transcribed, "utterance"),
             self.skipped,
             f", {len(self.pending)} unfinished" if self.pending else "",
             extra={
@@ -286,7 +288,7 @@ class Transcript(Handler):
                 '%s %s: "%s"',
                 track,
                 clock(utterance.start),
-                utterance.text,
+                marked(utterance.text, utterance.keywords),
                 extra={"event": "utterance", "figures": figures},
             )
             if self.file:

@@ -166,19 +166,25 @@ class MediaStreamHandler(WebSocketHandler):
     def handle_one_request(self):
         seconds = self.server.application.config["MEDIASTREAM"].start_timeout
         self._request_deadline = gevent.Timeout.start_new(seconds)
+        self._request_begun = False
         try:
             return super().handle_one_request()
         except gevent.Timeout as timeout:
             if timeout is not self._request_deadline:
                 raise
-            self.log_error("request not received within %g s; closed", seconds)
-            REFUSED_HANDSHAKES.labels("timeout").inc()
+            if not self._request_begun:  # a browser's spare connection, never used: normal
+                log.debug("[%s] connection closed unused after %g s", self._peer(), seconds)
+            else:
+                self.log_error("request not received within %g s; closed", seconds)
+                REFUSED_HANDSHAKES.labels("timeout").inc()
             return "408", REQUEST_TIMEOUT_RESPONSE
         finally:
             self._request_deadline.cancel()
 
     def read_requestline(self):
-        if self.rfile.peek(1)[:1] == TLS_HANDSHAKE:
+        first = self.rfile.peek(1)[:1]
+        self._request_begun = bool(first)
+        if first == TLS_HANDSHAKE:
             self.log_error(
                 "this looks like TLS (https:// or wss://) sent to this plain port: use ws:// "
                 "locally, or put an ngrok http tunnel in front; closed"
@@ -193,8 +199,10 @@ class MediaStreamHandler(WebSocketHandler):
 
     def log_error(self, msg, *args):
         # gevent's reports of bad HTTP requests, as one console line like ours.
-        peer = ":".join(str(part) for part in self.client_address[:2])
-        log.warning("[%s] bad HTTP request: %s", peer, msg % args if args else msg)
+        log.warning("[%s] bad HTTP request: %s", self._peer(), msg % args if args else msg)
+
+    def _peer(self):
+        return ":".join(str(part) for part in self.client_address[:2])
 
     def upgrade_websocket(self):
         if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":

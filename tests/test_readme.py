@@ -143,3 +143,90 @@ def test_the_quick_start_is_what_ci_runs():
     assert f"{install} && .venv/bin/python .ci/quickstart.py" in ci  # which runs app.py
     assert test in ci
     assert '"app.py"]' in (REPO / ".ci" / "quickstart.py").read_text()
+
+
+# The console examples in the README and docs/, each run as its page says, against
+# today's fixtures: (page, the text its block comes after, simulate.py's arguments, the
+# server's settings). Each line of the block must be a line of the run, in order: times,
+# SIDs, tags and ports aside, a call's length within 0.3 s, and the progress lines left
+# out (their figures depend on where the 5 s tick falls).
+SPOKEN_CALL = (
+    *("--tracks", "both", "--wav", "inbound=tests/fixtures/call-inbound.wav"),
+    *("--wav", "outbound=tests/fixtures/call-outbound.wav", "--dtmf", "42"),
+    *("--mark", "greeting", "--lose", "300", "--param", "caller=+15550100123"),
+)
+PROMPT_CALL = ("--param", "mode=prompt", "--wav", "inbound=tests/fixtures/sentences.wav",
+               "--seconds", "3")  # fmt: skip
+KEYWORD_CALL = (
+    *("--tracks", "both", "--wav", "inbound=tests/fixtures/keywords-inbound.wav"),
+    *("--wav", "outbound=tests/fixtures/keywords-outbound.wav"),
+)
+CONSOLE_EXAMPLES = {
+    "README.md": ("## What the console shows", SPOKEN_CALL, {}),
+    "docs/console.md": ("# What the console shows", SPOKEN_CALL, {}),
+    "docs/talkback.md": ('value="prompt"', PROMPT_CALL, {}),
+}
+VOLATILE = [
+    (r"^\d\d:\d\d:\d\d ", ""),
+    (r"(MZ|CA)[0-9a-f]{32}", r"\1…"),
+    (r"\[[0-9a-f]{8}\]", "[tag]"),
+    (r"127\.0\.0\.1:\d+", "client"),
+    (r"listening on \S+", "listening on …"),
+]
+
+
+def console_block(page, after):
+    text = (REPO / page).read_text()
+    return re.search(r"```\n(.*?)```", text[text.index(after) :], re.DOTALL)[1].splitlines()
+
+
+def comparable(lines):
+    """(line without its volatile parts, the call's length or None), progress lines out."""
+    found = []
+    for line in lines:
+        if re.search(r"\] media: ", line):
+            continue
+        for pattern, replacement in VOLATILE:
+            line = re.sub(pattern, replacement, line)
+        length = re.search(r"ended by \w+ after ([\d.]+) s", line)
+        found.append((re.sub(r"after [\d.]+ s", "after … s", line), length and float(length[1])))
+    return found
+
+
+def assert_console_matches(page, after, lines):
+    ran = comparable(lines)
+    position = 0
+    for line, length in comparable(console_block(page, after)):
+        while position < len(ran) and ran[position][0] != line:
+            position += 1
+        assert position < len(ran), f"{page}: this line is not what the server says now:\n{line}"
+        if length is not None:
+            assert ran[position][1] == pytest.approx(length, abs=0.3), (page, line)
+        position += 1
+
+
+def run_console_example(start_server, arguments, **environ):
+    server = start_server(**environ)
+    status, report = simulate(server, *arguments)
+    assert status == 0, report
+    tag = server.wait_for(r"\[(\w{8})\] summary: ").group(1)
+    return [
+        line
+        for line in server.log().splitlines()
+        if f"[{tag}]" in line or "[127.0.0.1:" in line or "listening on" in line
+    ]
+
+
+@pytest.mark.parametrize("page", CONSOLE_EXAMPLES)
+def test_the_console_examples_are_what_the_server_says_today(start_server, page):
+    after, arguments, environ = CONSOLE_EXAMPLES[page]
+    assert_console_matches(page, after, run_console_example(start_server, arguments, **environ))
+
+
+@pytest.mark.transcribe
+@requires("faster_whisper", "requirements-transcribe.txt")
+def test_the_transcript_console_example_is_what_the_server_says_today(start_server):
+    lines = run_console_example(
+        start_server, KEYWORD_CALL, TRANSCRIBE="local", KEYWORDS="cancel, refund"
+    )
+    assert_console_matches("docs/speech-and-transcripts.md", "keywords-outbound.wav", lines)
