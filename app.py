@@ -21,6 +21,7 @@ from mediastream.browser.live import LiveCalls
 from mediastream.browser.pages import browser_pages
 from mediastream.config import Config, ConfigError
 from mediastream.console import Console, configure_logging, startup
+from mediastream.fleet import FleetEvents
 from mediastream.handlers import StreamHandlers, enabled
 from mediastream.keywords import Keywords
 from mediastream.messages import (
@@ -54,10 +55,10 @@ from mediastream.websocket import (
 # What every stream gets: the console (first, so its summary comes last), its figures in
 # the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
 # SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set (and in it, the KEYWORDS and the
-# sentiment), the live calls page (/calls), and, when the TwiML asks for it, the caller's
-# echo (mode=echo), a greeting they can talk over (mode=prompt), or a conversation with a
-# model (mode=agent, with AGENT set). Add your own handlers after these (see
-# mediastream/handlers.py and docs/handlers.md).
+# sentiment), the live calls page (/calls), the fleet's Redis Stream when REDIS_URL is
+# set, and, when the TwiML asks for it, the caller's echo (mode=echo), a greeting they can
+# talk over (mode=prompt), or a conversation with a model (mode=agent, with AGENT set).
+# Add your own handlers after these (see mediastream/handlers.py and docs/handlers.md).
 DEFAULT_HANDLERS = (
     Console,
     Metrics,
@@ -67,6 +68,7 @@ DEFAULT_HANDLERS = (
     Keywords,
     Sentiment,
     LiveCalls,
+    FleetEvents,
     Echo,
     Prompt,
     Agent,

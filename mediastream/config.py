@@ -53,6 +53,9 @@ class Config:
     speak_model: str = "tts-1"
     speak_voice: str = "alloy"
     speak_api_key: str | None = field(default=None, repr=False)  # a secret: never shown
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    redis_stream: str = "mediastream:events"  # the Redis Stream every server appends to
+    server_name: str | None = None  # how this server is named in the fleet's events
     drain_timeout: float = 1800.0  # 30 minutes: most calls end well within it
     read_interval: float = 0.1  # a one-way stream is read at most this often (0: per message)
 
@@ -108,6 +111,9 @@ class Config:
             speak_model=(environ.get("SPEAK_MODEL") or "").strip() or cls.speak_model,
             speak_voice=(environ.get("SPEAK_VOICE") or "").strip() or cls.speak_voice,
             speak_api_key=environ.get("SPEAK_API_KEY") or None,
+            redis_url=_redis_url(environ.get("REDIS_URL")),
+            redis_stream=(environ.get("REDIS_STREAM") or "").strip() or cls.redis_stream,
+            server_name=(environ.get("SERVER_NAME") or "").strip() or None,
             sentiment=_on_off(environ.get("SENTIMENT"), "SENTIMENT", True),
             read_interval=_read_interval(environ.get("READ_INTERVAL")),
             drain_timeout=_positive(
@@ -201,6 +207,20 @@ def _service(text, name, what):
             f"not {text!r}"
         )
     return text.rstrip("/")
+
+
+def _redis_url(text):
+    """A Redis server's URL, as redis-py takes it: redis://, rediss:// or unix://."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ConfigError(  # (not echoed: it may hold a password)
+            "REDIS_URL must be a Redis server's URL: redis://redis.internal:6379/0, "
+            "rediss:// (TLS) or unix:///path/to/redis.sock"
+        )
+    return text
 
 
 def _read_interval(text):

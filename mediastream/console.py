@@ -163,7 +163,7 @@ class Console(Handler):
             stream.stream_sid or "never started,",
             ended_by,
             stream.duration(),
-            extra={"figures": _figures(stream, ended_by)},
+            extra={"figures": summary_figures(stream, ended_by)},
         )
 
 
@@ -184,7 +184,7 @@ def _speech(speech):
     return f", {'speaking' if speech.speaking else 'silent'}, talk {speech.talk_seconds:.1f} s"
 
 
-def _figures(stream, ended_by):
+def summary_figures(stream, ended_by):
     """The summary as data, for JSON logs."""
     return {
         "ended_by": ended_by,

@@ -62,6 +62,10 @@ AGENT_INTERRUPTIONS = Counter(
     "mediastream_agent_interruptions", "Answers the caller talked over (barge-in)"
 )
 
+EVENTS_DROPPED = Counter(
+    "mediastream_events_dropped", "Call events not sent to Redis: it was away too long"
+)
+
 FLUSH_EVERY = 50  # media messages counted in the handler before they reach the metrics
 
 

@@ -4,6 +4,7 @@ import importlib.util
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -261,3 +262,57 @@ def openai_stub():
     stub = OpenAIStub()
     yield stub
     stub.stop()
+
+
+REDIS_SERVER = "/usr/bin/redis-server"  # Debian's (apt-get install redis-server)
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, no persistence; stop() and start()
+    again on the same port, as an outage would."""
+
+    def __init__(self, directory):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait(5)
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server of the test's own. Skipped without it, but not where .ci/run
+    sets FLEET_TESTS=required (it installs it)."""
+    if not Path(REDIS_SERVER).exists():
+        if os.environ.get("FLEET_TESTS") == "required":
+            pytest.fail(f"the fleet tests must run here: no {REDIS_SERVER}")
+        pytest.skip(f"needs {REDIS_SERVER} (apt-get install redis-server)")
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()

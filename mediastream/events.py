@@ -1,0 +1,141 @@
+"""Follow the fleet's call events on Redis, a line each as they happen.
+
+    python -m mediastream.events                      every event from now on
+    python -m mediastream.events --group analytics    as a consumer group: acknowledged,
+                                                      so a restarted follower resumes where
+                                                      it stopped, and two followers share
+    python -m mediastream.events --json               one JSON object a line, for pipes
+
+REDIS_URL (or --url) names the Redis server, REDIS_STREAM (or --stream) the stream. This
+is also the example of how to consume the stream from any language: each entry has the
+fields `type` and `json`; read new ones with XREAD BLOCK (or, in a group, XREADGROUP with
+">" after XGROUP CREATE ... MKSTREAM, then XACK each one handled).
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+import redis
+
+BLOCK_MS = 5000  # how long one read waits for new entries
+
+
+def describe(kind, event):
+    """One line for an event, tagged like the server's console."""
+    head = f"[{event.get('tag', '?')}] {event.get('server', '?')}"
+    if kind == "start":
+        parameters = ", ".join(f"{k}={v}" for k, v in (event.get("parameters") or {}).items())
+        mode = f", mode {event['mode']}" if event.get("mode") else ""
+        return (
+            f"{head} start: call {event.get('call_sid')}, tracks "
+            f"{'+'.join(event.get('tracks') or []) or 'none'}{mode}"
+            + (f"; {parameters}" if parameters else "")
+        )
+    if kind == "utterance":
+        minutes, seconds = divmod(event.get("start", 0), 60)
+        marks = f" [{', '.join(event['keywords'])}]" if event.get("keywords") else ""
+        return (
+            f"{head} {event.get('track')} {int(minutes):02d}:{seconds:04.1f}: "
+            f'"{event.get("text", "")}"{marks}'
+        )
+    if kind == "end":
+        return f"{head} end: ended by {event.get('ended_by')} after {event.get('seconds', 0):.1f} s"
+    if kind == "dtmf":
+        return f"{head} dtmf: digit {event.get('digit')}"
+    if kind == "figures":
+        tracks = "; ".join(
+            f"{name} {figures['seconds']:.1f} s" + (", speaking" if figures.get("speaking") else "")
+            for name, figures in (event.get("tracks") or {}).items()
+        )
+        return f"{head} figures: {tracks or 'no audio yet'}"
+    return f"{head} {kind}"
+
+
+def show(fields, as_json):
+    kind = fields.get(b"type", b"?").decode()
+    event = json.loads(fields.get(b"json", b"{}"))
+    if as_json:
+        return json.dumps({"type": kind, **event})
+    return describe(kind, event)
+
+
+def follow(client, stream, as_json, figures, out=sys.stdout):
+    """Every new entry, as it comes."""
+    last = "$"
+    while True:
+        for _, entries in client.xread({stream: last}, block=BLOCK_MS) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                if figures or fields.get(b"type") != b"figures":
+                    print(show(fields, as_json), file=out, flush=True)
+
+
+def follow_group(client, stream, group, consumer, as_json, figures, out=sys.stdout):
+    """As one consumer of a group: first what it was given and did not acknowledge (it
+    stopped before it could), then new entries; each acknowledged once shown."""
+    try:
+        client.xgroup_create(stream, group, id="$", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):  # the group exists: go on from where it is
+            raise
+    pending = "0"
+    while True:
+        wanted = pending or ">"
+        block = None if pending else BLOCK_MS
+        replies = client.xreadgroup(group, consumer, {stream: wanted}, block=block) or []
+        entries = [entry for _, stream_entries in replies for entry in stream_entries]
+        if pending and not entries:
+            pending = None  # caught up with its own history
+        for entry_id, fields in entries:
+            if pending:
+                pending = entry_id
+            if figures or fields.get(b"type") != b"figures":
+                print(show(fields, as_json), file=out, flush=True)
+            client.xack(stream, group, entry_id)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--url", default=os.environ.get("REDIS_URL"), help="default: $REDIS_URL")
+    parser.add_argument(
+        "--stream",
+        default=os.environ.get("REDIS_STREAM") or "mediastream:events",
+        help="default: $REDIS_STREAM or %(default)s",
+    )
+    parser.add_argument("--group", help="read as this consumer group (acknowledged)")
+    parser.add_argument(
+        "--consumer", default=socket.gethostname(), help="this follower's name in the group"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    parser.add_argument(
+        "--figures", action="store_true", help="show each call's figures too (once a second)"
+    )
+    arguments = parser.parse_args(argv)
+    if not arguments.url:
+        parser.error("give --url or set REDIS_URL (redis://host:6379/0)")
+    client = redis.Redis.from_url(arguments.url, socket_connect_timeout=3)
+    try:
+        if arguments.group:
+            follow_group(
+                client,
+                arguments.stream,
+                arguments.group,
+                arguments.consumer,
+                arguments.json,
+                arguments.figures,
+            )
+        else:
+            follow(client, arguments.stream, arguments.json, arguments.figures)
+    except redis.ConnectionError as error:
+        sys.exit(f"mediastream.events: cannot reach Redis: {error}")
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
