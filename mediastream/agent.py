@@ -40,6 +40,7 @@ from mediastream.voices import load_voice
 startup = logging.getLogger("mediastream.startup")
 
 BARGE_IN_FRAMES = MIN_FRAMES  # 0.3 s of the caller's speech over an answer stops it
+WENT_ON_SECONDS = 0.25  # a turn begun this soon after an answer's first audio is no reply
 APOLOGY = "Sorry, I can't answer that right now."
 STAGES = ("end_of_turn", "transcript", "first_token", "first_sentence", "first_audio")
 
@@ -138,6 +139,8 @@ class Agent(Handler):
             return
         if not self.playback.audible:  # they go on: answer the whole turn, later
             self._cancel()
+        elif self._began_with_the_answer(chunk, turn):
+            self._went_on(stream)
         elif chunk.chunk - turn[0] >= BARGE_IN_FRAMES:
             self._interrupt(stream, cleared_ms=(chunk.chunk - 1 - turn[0]) * CHUNK_MS)
 
@@ -207,6 +210,26 @@ class Agent(Handler):
         self.answering.kill(block=False)
         self.answering = self.playback = None
         self.unanswered = True
+
+    def _began_with_the_answer(self, chunk, turn):
+        """Whether the caller's turn began as the answer did (too soon to be a reply to
+        it: they had paused, and went on) and the answer is to their words."""
+        began = time.monotonic() - (chunk.chunk - 1 - turn[0]) * CHUNK_SECONDS
+        first_audio = self.playback.pieces[0].sent_at
+        answering_them = self.conversation.messages[-1]["role"] == "user"
+        return answering_them and began <= first_audio + WENT_ON_SECONDS
+
+    def _went_on(self, stream):
+        """The caller went on with their turn as its answer began: stop the answer and
+        forget it (one answer to the whole turn comes once they stop)."""
+        stream.talkback.clear()
+        self._cancel()
+        if self.voice_to_voice:
+            self.voice_to_voice.pop()  # that turn is not answered yet
+        stream.log.info(
+            "agent: the caller went on with their turn as the answer began; cleared, "
+            "their next words join it"
+        )
 
     def _interrupt(self, stream, cleared_ms=None):
         """Barge-in: stop the answer; the history keeps what the caller heard of it."""
