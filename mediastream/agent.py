@@ -10,7 +10,8 @@ a mark, so that the server knows what the caller has heard (dialogue.py).
   cough or a "mhm") stops it: `clear`, the model's stream and the voice cancelled, and
   the history keeps only the words the caller heard.
 - One answer to a whole turn: a caller who goes on speaking before any of the answer has
-  played (a pause mid-sentence) cancels it; what they say next joins what they said.
+  played (a pause mid-sentence), or just as it began (WENT_ON_SECONDS), cancels it; what
+  they say next joins what they said.
 - Each answer's timing, from the end of the caller's speech, is a console line and the
   mediastream_agent_seconds histogram, per stage: end of turn (speech activity saw the
   pause), transcript, first token, first sentence, first audio (voice to voice).
