@@ -57,19 +57,22 @@ def test_markdown_is_not_read_out():
     assert speakable("## **Bold** and `code` and [a link](http://x)") == "Bold and code and a link"
 
 
-def played_answer():
+def sent(*pieces):
+    """A Playback of (text, sent at, seconds of audio, mark or None while it is sent)."""
     playback = Playback()
-    playback.begin_piece("You asked about Saturday.", now=10.0)
-    playback.add_audio(1.2)
-    playback.end_piece("agent-1")
-    playback.begin_piece("We open at nine and close at five.", now=10.1)
-    playback.add_audio(2.4)
-    playback.end_piece("agent-2")
+    for text, sent_at, seconds, mark in pieces:
+        playback.begin_piece(text, now=sent_at)
+        playback.add_audio(seconds)
+        if mark:
+            playback.end_piece(mark)
     return playback
 
 
 def test_what_was_heard_counts_whole_pieces_and_the_words_played_of_the_next():
-    playback = played_answer()
+    playback = sent(
+        ("You asked about Saturday.", 10.0, 1.2, "agent-1"),
+        ("We open at nine and close at five.", 10.1, 2.4, "agent-2"),
+    )
     assert playback.audible and not playback.all_played
     assert playback.heard(now=10.3) == "You"  # a quarter of the first piece, by characters
     playback.played("agent-1", now=11.2)
@@ -82,10 +85,7 @@ def test_what_was_heard_counts_whole_pieces_and_the_words_played_of_the_next():
 
 
 def test_a_piece_sent_after_the_one_before_ended_starts_when_sent():
-    playback = Playback()
-    playback.begin_piece("One.", now=0.0)
-    playback.add_audio(0.5)
-    playback.end_piece("a")
+    playback = sent(("One.", 0.0, 0.5, "a"))
     playback.played("a", now=0.5)
     playback.begin_piece("Two three four.", now=2.0)  # the voice was slow
     playback.add_audio(1.5)
