@@ -20,6 +20,8 @@ import sys
 
 import redis
 
+from mediastream.speech import clock
+
 BLOCK_MS = 5000  # how long one read waits for new entries
 
 
@@ -35,10 +37,9 @@ def describe(kind, event):
             + (f"; {parameters}" if parameters else "")
         )
     if kind == "utterance":
-        minutes, seconds = divmod(event.get("start", 0), 60)
         marks = f" [{', '.join(event['keywords'])}]" if event.get("keywords") else ""
         return (
-            f"{head} {event.get('track')} {int(minutes):02d}:{seconds:04.1f}: "
+            f"{head} {event.get('track')} {clock(event.get('start', 0))}: "
             f'"{event.get("text", "")}"{marks}'
         )
     if kind == "end":
