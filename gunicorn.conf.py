@@ -5,8 +5,9 @@
 HOST, PORT, LOG_LEVEL, LOG_FORMAT, DRAIN_TIMEOUT and the rest mean what they mean for
 `python app.py`; WEB_CONCURRENCY (gunicorn's own variable) overrides the number of workers.
 PROMETHEUS_MULTIPROC_DIR, if set, is where the workers keep their metrics (emptied at
-start) and the sockets through which each worker's /calls page shows the others' calls;
-otherwise a temporary directory is made, and removed at exit.
+start) and, without REDIS_URL, the sockets through which each worker's /calls page shows
+the others' calls (with it, they meet through Redis); otherwise a temporary directory is
+made, and removed at exit.
 """
 
 import atexit
@@ -63,8 +64,10 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Every worker's calls on each worker's /calls page, through the run's directory."""
-    share_calls(worker.wsgi, METRICS_DIR)
+    """Every worker's calls on each worker's /calls page: through the run's directory, or,
+    in a fleet (REDIS_URL), through Redis, like every other server's."""
+    if not settings.redis_url:
+        share_calls(worker.wsgi, METRICS_DIR)
 
 
 def child_exit(server, worker):

@@ -185,7 +185,7 @@ def _speech(speech):
 
 
 def summary_figures(stream, ended_by):
-    """The summary as data, for JSON logs."""
+    """The summary as data, for JSON logs and the fleet's `end` entries."""
     return {
         "ended_by": ended_by,
         "seconds": round(stream.duration(), 3),
@@ -194,11 +194,13 @@ def summary_figures(stream, ended_by):
                 "messages": figures.messages,
                 "audio_seconds": stream.audio_seconds(track),
                 "missing_chunks": figures.chunks.missing,
+                "talk_seconds": round(figures.speech.talk_seconds, 3) if figures.speech else None,
             }
             for track, figures in stream.tracks.items()
         },
         "missing_sequence_numbers": stream.missing_sequence_numbers,
         "bad_messages": stream.bad_messages,
+        "problems": dict(stream.handler_problems),
     }
 
 

@@ -29,6 +29,7 @@ from gevent.threadpool import ThreadPool
 from mediastream.apiclient import MESSAGE_CHARACTERS, ServiceFailed, error_message
 from mediastream.g711 import SAMPLE_RATE
 from mediastream.messages import cut
+from mediastream.threads import caught
 
 startup = logging.getLogger("mediastream.startup")
 
@@ -51,18 +52,12 @@ class Engine:
         if self.waiting_seconds + seconds > self.backlog_seconds:
             return None
         self.waiting_seconds += seconds
-        result = self.pool.spawn(self._attempt, pcm)
+        result = self.pool.spawn(caught, self.transcribe, (pcm,), ServiceFailed)
         result.rawlink(lambda _: self._done(seconds))
         return result
 
     def _done(self, seconds):
         self.waiting_seconds -= seconds
-
-    def _attempt(self, pcm):
-        try:
-            return self.transcribe(pcm)
-        except ServiceFailed as failure:  # expected: returned, not raised (gevent would print it)
-            return failure
 
     def transcribe(self, pcm):
         """In a pool thread: the text of an utterance, or ServiceFailed."""

@@ -12,6 +12,9 @@ a thread of the process's own writes the queue to Redis, many entries per round 
 Redis is down or slow, entries wait in the queue, at most MAX_QUEUED; past that they are
 dropped and counted (mediastream_events_dropped_total). One WARNING says when Redis goes,
 one INFO when it is back; the thread reconnects by itself.
+
+Each process also follows the stream (Follower), so that its /calls page shows the other
+servers' calls as they happen (browser/live.py's CallBoard.heard).
 """
 
 import functools
@@ -21,12 +24,16 @@ import threading
 import time
 from collections import deque
 
+import gevent
 import orjson
 import redis
+from gevent.threadpool import ThreadPool
 
+from mediastream.browser.live import figures
 from mediastream.console import summary_figures
 from mediastream.handlers import Handler
 from mediastream.metrics import EVENTS_DROPPED
+from mediastream.threads import caught
 
 log = logging.getLogger("mediastream")
 startup = logging.getLogger("mediastream.startup")
@@ -35,7 +42,9 @@ MAXLEN = 1_000_000  # entries kept (about): ~300 MB of Redis, half an hour of 50
 MAX_QUEUED = 10_000  # entries waiting for Redis, per process, before they are dropped
 BATCH = 500  # entries per round trip
 RETRY_SECONDS = 1.0
-FIGURES_SECONDS = 1.0  # a call's figures at most this often
+FIGURES_SECONDS = 1.0  # each open call's figures this often
+REPLAY_ENTRIES = 10_000  # read back when a process starts to follow: the calls open now
+FOLLOW_BLOCK_MS = 1000  # one read waits this long for new entries
 
 
 # The entries, with no I/O --------------------------------------------------------------
@@ -51,25 +60,10 @@ def start_entry(stream, event):
     }
 
 
-def figures_entry(stream):
-    """What the page shows of an open call: audio and talk per track, now."""
-    tracks = {}
-    for name, figures in stream.tracks.items():
-        speech = figures.speech
-        tracks[name] = {
-            "seconds": round(stream.audio_seconds(name), 2),
-            "speaking": bool(speech and speech.speaking),
-            "talk": round(speech.talk_seconds, 2) if speech else None,
-        }
-    return {"seconds": round(stream.duration(), 2), "tracks": tracks}
-
-
-def utterance_entry(utterance):
-    return utterance.figures()
-
-
-def end_entry(stream, ended_by):
-    return summary_figures(stream, ended_by)
+def envelope(stream_sid, server, fields, clock=time.time):
+    """An entry's JSON: what every entry says (which stream, which server, when), and its own."""
+    stream = {"stream_sid": stream_sid, "tag": (stream_sid or "")[-8:], "server": server}
+    return {**stream, "at": round(clock(), 3), **fields}
 
 
 # The process's link to Redis -------------------------------------------------------------
@@ -86,7 +80,9 @@ class Publisher:
         self.arrived = threading.Event()
         self.down = False
         self.dropped_while_down = 0
+        self.open_streams = {}  # stream SID -> stream: their figures go out once a second
         threading.Thread(target=self._run, name="redis-events", daemon=True).start()
+        gevent.spawn(self._publish_figures)
 
     def publish(self, kind, stream_sid, fields):
         """Queue an entry (from the gevent hub: appends and returns)."""
@@ -94,10 +90,16 @@ class Publisher:
             EVENTS_DROPPED.inc()
             self.dropped_while_down += 1
             return
-        entry = {"stream_sid": stream_sid, "tag": (stream_sid or "")[-8:], "server": self.server}
-        entry["at"] = round(time.time(), 3)
-        self.queue.append((kind, orjson.dumps({**entry, **fields})))
+        self.queue.append((kind, orjson.dumps(envelope(stream_sid, self.server, fields))))
         self.arrived.set()
+
+    def _publish_figures(self):
+        """Every open stream's figures, every FIGURES_SECONDS (a greenlet: the streams are
+        the hub's)."""
+        while True:
+            gevent.sleep(FIGURES_SECONDS)
+            for stream_sid, stream in list(self.open_streams.items()):
+                self.publish("figures", stream_sid, figures(stream))
 
     def _run(self):
         client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=3)
@@ -158,8 +160,9 @@ def publisher(config):
 
 
 class FleetEvents(Handler):
-    """A handler: the stream's start, figures (at most once a second), keys, utterances
-    and end, as entries on the fleet's Redis Stream (with REDIS_URL set)."""
+    """A handler: the stream's start, figures (once a second), keys, utterances and end, as
+    entries on the fleet's Redis Stream (with REDIS_URL set). It has nothing to do per
+    media message: the figures are read from the stream once a second (open_streams)."""
 
     may_block = False  # it only appends to a queue
 
@@ -172,23 +175,81 @@ class FleetEvents(Handler):
     def __init__(self, config):
         super().__init__(config)
         self.publisher = publisher(config)
-        self.next_figures = 0.0
 
     def start(self, stream, event):
         self.publisher.publish("start", stream.stream_sid, start_entry(stream, event))
-
-    def media(self, stream, chunk):
-        now = time.monotonic()
-        if now >= self.next_figures:
-            self.next_figures = now + FIGURES_SECONDS
-            self.publisher.publish("figures", stream.stream_sid, figures_entry(stream))
+        self.publisher.open_streams[stream.stream_sid] = stream
 
     def dtmf(self, stream, event):
         self.publisher.publish("dtmf", stream.stream_sid, {"digit": event.digit})
 
     def utterance(self, stream, utterance):
-        self.publisher.publish("utterance", stream.stream_sid, utterance_entry(utterance))
+        self.publisher.publish("utterance", stream.stream_sid, utterance.figures())
 
     def end(self, stream, ended_by):
         if stream.stream_sid:  # a connection that never started is no call
-            self.publisher.publish("end", stream.stream_sid, end_entry(stream, ended_by))
+            self.publisher.open_streams.pop(stream.stream_sid, None)
+            self.publisher.publish("end", stream.stream_sid, summary_figures(stream, ended_by))
+
+
+# The other servers' calls on this server's page ---------------------------------------
+
+
+@functools.cache
+def follow_fleet(config, board):
+    """Put the other servers' calls on `board` (this process's /calls) as they happen, from
+    the fleet's stream, starting with its last REPLAY_ENTRIES (the calls open now)."""
+    board.server = server_name(config)
+    return Follower(config.redis_url, config.redis_stream, board)
+
+
+class Follower:
+    """A greenlet that tells the board each entry; its reads wait in a thread of their own,
+    so that the hub never does."""
+
+    def __init__(self, url, stream, board):
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=FOLLOW_BLOCK_MS / 1000 + 5, socket_connect_timeout=3
+        )
+        self.stream = stream
+        self.board = board
+        self.last = None  # the last entry read; None: none yet
+        self.skipped = 0  # entries that were not ours
+        self.pool = ThreadPool(1)
+        gevent.spawn(self._run)
+
+    def _run(self):
+        while True:
+            entries = self.pool.apply(caught, (self._read, (), (redis.RedisError, OSError)))
+            if isinstance(entries, Exception):
+                # The publisher says it once when Redis goes, for both.
+                log.debug("events: the calls page cannot follow Redis: %s", entries)
+                gevent.sleep(RETRY_SECONDS)
+                continue
+            for entry_id, fields in entries:
+                self.last = entry_id
+                self._tell(entry_id, fields)
+            if self.last is None:
+                self.last = "0-0"  # an empty stream: whatever comes is new
+            self.board.forget_quiet()
+
+    def _read(self):
+        """The entries after the last one read; the first time, the stream's last ones."""
+        if self.last is None:
+            return self.client.xrevrange(self.stream, count=REPLAY_ENTRIES)[::-1]
+        replies = self.client.xread({self.stream: self.last}, block=FOLLOW_BLOCK_MS, count=BATCH)
+        return [entry for _, entries in replies or [] for entry in entries]
+
+    def _tell(self, entry_id, fields):
+        try:
+            self.board.heard(fields[b"type"].decode(), orjson.loads(fields[b"json"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            self.skipped += 1
+            if self.skipped == 1:  # once: a stranger writing here writes often
+                log.warning(
+                    "events: entry %s of the fleet's stream is not one of ours (%s: %s); "
+                    "it and any others like it are skipped",
+                    entry_id.decode(),
+                    type(error).__name__,
+                    str(error)[:80],
+                )

@@ -20,6 +20,7 @@ from gevent.threadpool import ThreadPool
 
 from mediastream.apiclient import ServiceFailed, post
 from mediastream.g711 import SAMPLE_RATE
+from mediastream.threads import caught
 
 startup = logging.getLogger("mediastream.startup")
 
@@ -134,17 +135,14 @@ class LocalVoice:
         self.pool = ThreadPool(2)
 
     def speak(self, text):
-        made = self.pool.apply(self._synthesize, (text,))
+        made = self.pool.apply(caught, (self._synthesize, (text,), Exception))
         if isinstance(made, Exception):
             raise ServiceFailed(type(made).__name__, f"Piper failed: {made}")
         audio = PhoneAudio(self.voice.config.sample_rate)
         yield audio.add(made) + audio.finish()
 
     def _synthesize(self, text):
-        try:
-            return b"".join(chunk.audio_int16_bytes for chunk in self.voice.synthesize(text))
-        except Exception as error:  # returned, not raised: gevent would print a traceback
-            return error
+        return b"".join(chunk.audio_int16_bytes for chunk in self.voice.synthesize(text))
 
 
 @functools.cache

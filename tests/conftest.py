@@ -1,12 +1,15 @@
 """Fixtures: the real server, started as `python app.py` on a free loopback port."""
 
+import contextlib
 import importlib.util
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import requests
 import websocket
 
 from mediastream.engines import packaged_model
+from mediastream.simulator import TwilioCall
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"  # spoken audio and its truth: see make_fixtures.py
@@ -76,6 +80,25 @@ def chromium():
         )
         yield browser
         browser.close()
+
+
+# The browser tests' helpers (Chromium, driven by Playwright) ---------------------------------
+
+
+def http(server):
+    return f"http://127.0.0.1:{server.port}"
+
+
+def screenshot(page, name, tmp_path):
+    directory = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
+    page.screenshot(path=str(directory / f"{name}.png"))
+
+
+def open_calls_page(context, server):
+    calls = context.new_page()
+    calls.goto(http(server) + "/calls")
+    calls.wait_for_selector("#status:text('live')")
+    return calls
 
 
 class ServerProcess:
@@ -147,6 +170,79 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         return self.process.wait(timeout)
+
+
+def open_call(server, media=5):
+    """A two-track call started and left open: (its TwilioCall, its WebSocket)."""
+    call = TwilioCall(tracks=("inbound", "outbound"))
+    ws = server.connect()
+    ws.send(call.connected())
+    ws.send(call.start())
+    for _ in range(media):
+        for track in call.tracks:
+            ws.send(call.media(track))
+    return call, ws
+
+
+def calls_on_every_worker(gunicorn, workers=2):
+    """Open calls until each of gunicorn's workers has one (its console is LOG_FORMAT=json)."""
+    open_calls, pids = [], set()
+    while len(pids) < workers and len(open_calls) < 40:
+        call, ws = open_call(gunicorn)
+        open_calls.append((call, ws))
+        started = gunicorn.wait_for(rf'\{{[^\n]*"message": "\[{call.tag}\] start:[^\n]*')
+        pids.add(json.loads(started.group(0))["pid"])
+    assert len(pids) == workers
+    return open_calls
+
+
+class PageEvents:
+    """A /calls page's Server-Sent Events (/calls/events), read as a browser would, in a
+    thread: `events` collects (arrival time, name, body). (A plain socket, which close()
+    can shut at once; HTTP/1.0, so the stream comes unchunked.)"""
+
+    def __init__(self, server, path="/calls/events"):
+        self.events = []
+        self.socket = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        self.socket.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        from mediastream.browser.events import parse_message
+
+        text = ""
+        with self.socket.makefile("rb") as stream, contextlib.suppress(OSError, ValueError):
+            while stream.readline() not in (b"\r\n", b""):
+                pass  # the response's head
+            while chunk := stream.read1(65536):  # until close()
+                *messages, text = (text + chunk.decode()).split("\n\n")
+                for name, body in map(parse_message, messages):
+                    if name:
+                        self.events.append((time.time(), name, body))
+
+    def calls(self, *names):
+        """Each call (its body) as the events named carry it, in order."""
+        found = []
+        for _, name, body in list(self.events):
+            if name in names:
+                found += body["calls"] if name in ("snapshot", "calls", "update") else [body]
+        return found
+
+    def ids(self, *names):
+        return {call["id"] for call in self.calls(*names)}
+
+    def wait_for(self, test, timeout=10):
+        """Wait until test(self) is true; return what it returned."""
+        deadline = time.monotonic() + timeout
+        while not (result := test(self)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the page never saw it; it saw: {self.events}")
+            time.sleep(0.02)
+        return result
+
+    def close(self):
+        self.socket.shutdown(socket.SHUT_RDWR)
+        self.socket.close()
 
 
 def simulate(server, *arguments, timeout=60):

@@ -1,5 +1,6 @@
-"""A stand-in for OpenAI-compatible chat and speech servers, for the agent's tests and
-bench/agent.py: answers at once (or after the delays it is told), or fails as told.
+"""A stand-in for OpenAI-compatible chat, speech and transcription servers, for the
+agent's tests, bench/agent.py and bench/fleet.py: answers at once (or after the delays it
+is told), or fails as told.
 
     python tests/openai_stub.py [--port N]      prints "listening on 127.0.0.1:N"
 
@@ -8,6 +9,8 @@ bench/agent.py: answers at once (or after the delays it is told), or fails as to
   GET /requests.
 - POST /v1/audio/speech: the input as 16-bit PCM at 24 kHz (`pcm`) or a WAV (`wav`):
   WORD_SECONDS of a voice-like hum per word, so that what was heard can be told in words.
+- POST /v1/audio/transcriptions: TRANSCRIPT, whatever the audio (bench/fleet.py's
+  utterances, without Whisper's CPU).
 - POST /control with JSON sets how it behaves from then on: {"chat": {...}, "speech":
   {...}}, each with "delay" (seconds before the first byte), "status" (an HTTP error with
   OpenAI's error body), "garbage" (200 with nonsense); {"answer": "..."} sets FILLER.
@@ -21,6 +24,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+TRANSCRIPT = "Please cancel my order."
 WORD_SECONDS = 0.3  # of speech per word: 0.25 s of hum, 0.05 s of silence
 RATE = 24000
 FILLER = (
@@ -67,7 +71,10 @@ class Handler(BaseHTTPRequestHandler):
             self._json(200, {"data": [{"id": "stub"}]})
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.endswith("/audio/transcriptions"):
+            return self._json(200, {"text": TRANSCRIPT})
+        body = json.loads(raw or b"{}")
         if self.path == "/control":
             Stub.behaviour = {"chat": body.get("chat", {}), "speech": body.get("speech", {})}
             Stub.answer = body.get("answer", FILLER)

@@ -6,36 +6,27 @@ Screenshots of both pages go to SCREENSHOTS_DIR (docs/images for the docs' own),
 the test's temporary directory.
 """
 
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
 import websocket
 
-from tests.conftest import FIXTURES, finished, model_directory, requires, start_simulation
+from tests.conftest import (
+    FIXTURES,
+    finished,
+    http,
+    model_directory,
+    open_calls_page,
+    requires,
+    screenshot,
+    start_simulation,
+)
 
 pytestmark = pytest.mark.browser
 
 AUTH_TOKEN = "browser-test-auth-token"
-
-
-def http(server):
-    return f"http://127.0.0.1:{server.port}"
-
-
-def screenshot(page, name, tmp_path):
-    directory = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
-    page.screenshot(path=str(directory / f"{name}.png"))
-
-
-def open_calls_page(context, server):
-    calls = context.new_page()
-    calls.goto(http(server) + "/calls")
-    calls.wait_for_selector("#status:text('live')")
-    return calls
 
 
 def place_call(context, server, mode="", caller="Ann Example"):

@@ -7,9 +7,21 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, finished, simulate, start_simulation
+from conftest import (
+    FIXTURES,
+    REPO,
+    PageEvents,
+    calls_on_every_worker,
+    finished,
+    open_calls_page,
+    screenshot,
+    simulate,
+    start_simulation,
+)
 
+from mediastream.browser.events import PEER_SOCKETS
 from mediastream.config import Config, ConfigError
+from tests.openai_stub import TRANSCRIPT
 
 
 def start_follower(redis_server, *arguments):
@@ -76,6 +88,86 @@ def test_two_servers_publish_to_one_stream_and_the_follower_shows_both(redis_ser
     figures = [event for kind, event in found if kind == "figures"]
     assert figures and all("tracks" in event for event in figures)
     assert len(figures) <= 2 * 3  # at most once a second per call
+
+
+def test_each_servers_calls_page_shows_the_other_servers_calls(
+    redis_server, start_server, openai_stub
+):
+    alpha = start_server(
+        REDIS_URL=redis_server.url, SERVER_NAME="alpha", TRANSCRIBE=openai_stub.url
+    )
+    early = start_simulation(alpha, "--seconds", "6", "--param", "caller=Early")
+    alpha.wait_for(r"\] start: stream")
+    time.sleep(1.5)  # its start and figures are on Redis before bravo starts
+    bravo = start_server(REDIS_URL=redis_server.url, SERVER_NAME="bravo")
+    page = PageEvents(bravo)
+    open_before = page.wait_for(lambda page: page.calls("snapshot", "call"))[0]  # replayed
+    assert open_before["server"] == "alpha" and open_before["parameters"] == {"caller": "Early"}
+    assert open_before["summary"] is None
+    speech = f"inbound={FIXTURES / 'sentences.wav'}"
+    there = one_call(alpha, "--tracks", "both", "--dtmf", "42", "--wav", speech, "--seconds", "4")
+    here = one_call(bravo)
+    assert finished(early)[0] == 0
+    ends = page.wait_for(lambda page: len(page.calls("end")) == 3 and page.calls("end"))
+    page.close()
+    by_tag = {call["tag"]: call for call in page.calls("call")}
+    assert by_tag[there]["server"] == "alpha" and by_tag[here]["server"] == "bravo"
+    assert [call["tag"] for call in page.calls("call")].count(here) == 1  # not again via Redis
+    assert {call["tag"]: call["server"] for call in ends} == {
+        open_before["tag"]: "alpha",
+        there: "alpha",
+        here: "bravo",
+    }
+    summary = next(call["summary"] for call in ends if call["tag"] == there)
+    assert summary["ended_by"] == "stop" and summary["keys"] == "42"
+    assert summary["tracks"]["outbound"]["seconds"] == 4.0
+    assert summary["tracks"]["inbound"]["talk"] is not None  # speech activity's, from alpha
+    lines = [body for _, name, body in page.events if name == "utterance"]
+    said = [body["line"] for body in lines if body["id"].endswith(there)]
+    said = [line for line in said if line["track"] == "inbound"]
+    assert said and all(line["text"] == TRANSCRIPT for line in said)  # alpha's transcript
+    assert summary["tracks"]["inbound"]["utterances"] == len(said)
+    updated = {call["id"][-8:] for call in page.calls("update")}
+    assert there in updated  # alpha's figures, once a second
+
+
+def test_an_entry_that_is_not_ours_is_one_warning_and_the_page_goes_on(redis_server, start_server):
+    server = start_server(REDIS_URL=redis_server.url, SERVER_NAME="bravo")
+    page = PageEvents(server)
+    client = redis_server.client()
+    for _ in range(3):
+        client.xadd("mediastream:events", {"type": "start", "json": "not json"})
+    client.xadd("mediastream:events", {"something": "else"})
+    server.wait_for(r"WARNING events: entry \d+-\d+ of the fleet's stream is not one of ours")
+    tag = one_call(server)
+    page.wait_for(lambda page: tag in {call["tag"] for call in page.calls("end")})
+    page.close()
+    assert len(server.lines("is not one of ours")) == 1 and "Traceback" not in server.log()
+
+
+def test_under_gunicorn_with_redis_the_workers_calls_meet_through_it(
+    redis_server, start_gunicorn, tmp_path
+):
+    run = tmp_path / "run"  # where, without Redis, the workers' sockets would be
+    run.mkdir()
+    gunicorn = start_gunicorn(
+        REDIS_URL=redis_server.url,
+        SERVER_NAME="gamma",
+        LOG_FORMAT="json",
+        PROMETHEUS_MULTIPROC_DIR=str(run),
+    )
+    open_calls = calls_on_every_worker(gunicorn)
+    expected = {call.stream_sid for call, _ in open_calls}
+    page = PageEvents(gunicorn)
+    page.wait_for(lambda page: page.ids("snapshot", "call") >= expected)
+    for call, ws in open_calls:
+        ws.send(call.stop())
+        ws.close()
+    page.wait_for(lambda page: page.ids("end") >= expected)
+    page.close()
+    shown = [call["id"] for call in page.calls("snapshot", "call", "calls")]
+    assert sorted(shown) == sorted(expected)  # each once, every one through Redis or its own
+    assert not list(run.glob(PEER_SOCKETS))  # one way: no unix sockets between the workers
 
 
 def test_the_follower_prints_json_for_pipes(redis_server, start_server):
@@ -153,3 +245,25 @@ def test_redis_url_is_a_redis_url_and_never_echoed(value):
 def test_the_redis_url_is_never_shown():
     config = Config.from_environ({"REDIS_URL": "redis://:s3cret@redis.internal:6379/0"})
     assert "s3cret" not in repr(config)
+
+
+@pytest.mark.browser
+def test_the_calls_page_in_chromium_shows_a_call_of_another_server(
+    redis_server, start_server, chromium, tmp_path
+):
+    alpha = start_server(REDIS_URL=redis_server.url, SERVER_NAME="media-1")
+    bravo = start_server(REDIS_URL=redis_server.url, SERVER_NAME="media-2")
+    context = chromium.new_context(viewport={"width": 1100, "height": 520})
+    page = open_calls_page(context, bravo)
+    there = start_simulation(alpha, "--seconds", "5", "--dtmf", "7", "--param", "caller=+15550101")
+    here = start_simulation(bravo, "--seconds", "4", "--tracks", "both")
+    panel = "#open article:has(.server:text-is('media-1'))"
+    page.wait_for_selector(f"{panel} .caller:text-is('+15550101')")
+    page.wait_for_selector("#open article:has(.server:text-is('media-2')) .track.outbound")
+    page.wait_for_selector(f"{panel} .problems:text-matches('keys 7')", timeout=10_000)
+    assert float(page.text_content(f"{panel} .talk").split()[-2]) > 0  # its figures, live
+    screenshot(page, "calls-fleet", tmp_path)
+    assert finished(there)[0] == 0 and finished(here)[0] == 0
+    page.wait_for_selector("#ended article:has(.server:text-is('media-1')) .summary p")
+    assert page.locator("article").count() == 2  # each call once
+    context.close()

@@ -1,6 +1,5 @@
 """Production: gunicorn with two workers of gevent-websocket's worker class (ours)."""
 
-import json
 import os
 import re
 import signal
@@ -10,28 +9,21 @@ import threading
 import time
 
 import pytest
-import requests
 import websocket
-from conftest import GUNICORN, GUNICORN_LISTENING, REPO, ServerProcess
-
-from mediastream.browser.events import parse_message
-from mediastream.simulator import TwilioCall
+from conftest import (
+    GUNICORN,
+    GUNICORN_LISTENING,
+    REPO,
+    PageEvents,
+    ServerProcess,
+    calls_on_every_worker,
+    open_call,
+)
 
 
 @pytest.fixture
 def gunicorn(start_gunicorn):
     return start_gunicorn()
-
-
-def open_call(server, media=5):
-    call = TwilioCall(tracks=("inbound", "outbound"))
-    ws = server.connect()
-    ws.send(call.connected())
-    ws.send(call.start())
-    for _ in range(media):
-        for track in call.tracks:
-            ws.send(call.media(track))
-    return call, ws
 
 
 def test_two_workers_stream_and_summarise_every_call(gunicorn):
@@ -112,26 +104,12 @@ def test_the_calls_page_shows_every_workers_calls(start_gunicorn):
     """Each worker is a process with calls of its own; a page, served by one of them,
     shows them all (browser/events.py: the workers share them over unix sockets)."""
     gunicorn = start_gunicorn(LOG_FORMAT="json")
-    open_calls, workers = [], set()
-    while len(workers) < 2 and len(open_calls) < 40:  # until both workers have a call
-        call, ws = open_call(gunicorn)
-        open_calls.append((call, ws))
-        started = gunicorn.wait_for(rf'\{{[^\n]*"message": "\[{call.tag}\] start:[^\n]*')
-        workers.add(json.loads(started.group(0))["pid"])
-    assert len(workers) == 2
+    open_calls = calls_on_every_worker(gunicorn)
     expected = {call.stream_sid for call, _ in open_calls}
-    shown = set()
-    page = requests.get(f"http://127.0.0.1:{gunicorn.port}/calls/events", stream=True, timeout=5)
-    text = ""
-    for chunk in page.iter_content(None, decode_unicode=True):
-        *messages, text = (text + chunk).split("\n\n")
-        for name, body in map(parse_message, messages):
-            if name in ("snapshot", "calls"):
-                shown |= {each["id"] for each in body["calls"]}
-        if shown >= expected:
-            break
+    page = PageEvents(gunicorn)
+    page.wait_for(lambda page: page.ids("snapshot", "calls") >= expected)
     page.close()
-    assert shown == expected
+    assert page.ids("snapshot", "calls") == expected
     for call, ws in open_calls:
         ws.send(call.stop())
         ws.close()

@@ -4,8 +4,18 @@ directly: no sockets, no browser."""
 from array import array
 
 from mediastream import g711
-from mediastream.browser.live import ENDED_KEPT, PENDING_MAX, CallBoard, LiveCalls, level
+from mediastream.browser.live import (
+    ENDED_KEPT,
+    PENDING_MAX,
+    QUIET_SECONDS,
+    CallBoard,
+    LiveCalls,
+    figures,
+    level,
+)
 from mediastream.config import Config
+from mediastream.console import summary_figures
+from mediastream.fleet import envelope, start_entry
 from mediastream.g711 import CHUNK_SAMPLES
 from mediastream.messages import parse_message
 from mediastream.security import CREDENTIAL_SECONDS, PageCredentials
@@ -155,3 +165,105 @@ def test_a_page_credential_is_checked_against_the_auth_token():
     assert PageCredentials("one token").redeem("nonsense") == "is malformed"
     # Any process with the same token checks it (gunicorn's workers).
     assert PageCredentials("one token").redeem(issued) is None
+
+
+# Another server's calls, from the fleet's entries (fleet.py) ------------------------------
+
+
+class Remote(Live):
+    """A stream of another server's: the entries its FleetEvents handler would write."""
+
+    def __init__(self, board, call, server="alpha"):
+        super().__init__(CallBoard(), call)  # its own server's board, not ours
+        self.board = board
+        self.server = server
+
+    def tell(self, kind, fields):
+        self.board.heard(kind, envelope(self.call.stream_sid, self.server, fields))
+
+    def start(self):
+        super().start()
+        self.tell("start", start_entry(self.stream, parse_message(self.call.start())))
+        return self
+
+    def figures(self):
+        self.tell("figures", figures(self.stream))
+
+    def end(self, ended_by="stop"):
+        super().end(ended_by)
+        self.tell("end", summary_figures(self.stream, ended_by))
+
+
+def test_another_servers_call_is_on_the_page_from_its_entries():
+    board = CallBoard()
+    watcher, _ = board.watch()
+    remote = Remote(board, TwilioCall(parameters={"caller": "Bo"})).start()
+    for _ in range(50):
+        remote.media()
+    remote.figures()
+    remote.tell("dtmf", {"digit": "7"})
+    said = Utterance("inbound", 0.2, 0.9, "Cancel it.", 0.5, ["cancel"], -0.2)
+    remote.tell("utterance", said.figures())
+    [update] = board.updates(watcher)
+    assert update["tracks"]["inbound"] == {
+        "seconds": 1.0,
+        "speaking": False,
+        "talk": None,  # no speech activity in this test
+        "level": 0.0,  # no meter for a call elsewhere
+    }
+    remote.end()
+    names = [name for name, _ in watcher.pending]
+    assert names == ["call", "utterance", "end"]
+    call, utterance, end = (body for _, body in watcher.pending)
+    assert call["server"] == "alpha" and call["parameters"] == {"caller": "Bo"}
+    assert call["tag"] == remote.call.tag and call["declared_tracks"] == ["inbound"]
+    assert utterance["line"]["text"] == "Cancel it." and utterance["line"]["keywords"] == ["cancel"]
+    summary = end["summary"]
+    assert summary["ended_by"] == "stop" and summary["keys"] == "7"
+    assert summary["tracks"]["inbound"]["seconds"] == 1.0
+    assert summary["tracks"]["inbound"]["utterances"] == 1
+    assert summary["keywords"] == {"cancel": 1}
+    assert not board.remote and board.ended[0].stream_sid == remote.call.stream_sid
+
+
+def test_our_own_calls_coming_back_from_the_fleet_are_not_shown_twice():
+    board = CallBoard()
+    board.server = "bravo"
+    watcher, _ = board.watch()
+    ours = Live(board, TwilioCall()).start()
+    echo = Remote(board, ours.call, server="bravo").start()  # what we wrote, read back
+    echo.figures()
+    ours.end()
+    echo.end()
+    assert [name for name, _ in watcher.pending] == ["call", "end"]
+    assert watcher.pending[0][1]["server"] == "bravo"
+    assert not board.remote and not board.ours  # its end was its last entry
+
+
+def test_a_call_open_before_we_followed_the_fleet_shows_from_its_figures():
+    board = CallBoard()
+    remote = Remote(CallBoard(), TwilioCall()).start()  # its start was never read here
+    remote.board = board
+    remote.media()
+    remote.tell("utterance", Utterance("inbound", 0.1, 0.3, "Hi.", 0.1, [], None).figures())
+    assert not board.remote  # nothing but its start opens a panel; or its figures:
+    remote.figures()
+    _, snapshot = board.watch()
+    [call] = snapshot["calls"]
+    assert call["tag"] == remote.call.tag and call["call_sid"] is None
+    assert call["tracks"]["inbound"]["seconds"] == 0.0
+
+
+def test_another_servers_call_that_goes_quiet_is_ended_with_what_was_known():
+    clock = FakeClock()
+    board = CallBoard(clock=clock)
+    remote = Remote(board, TwilioCall()).start()
+    remote.media()
+    remote.figures()
+    clock.now += QUIET_SECONDS - 1
+    board.forget_quiet()
+    assert board.remote
+    clock.now += 2
+    board.forget_quiet()
+    assert not board.remote
+    assert board.ended[0].summary["ended_by"] == "no news from its server"

@@ -6,7 +6,8 @@ has for the page, as it comes. Under gunicorn each worker is a process with a bo
 own, so each worker also serves its board's event stream on a unix socket in the run's
 directory (`share_calls`, from gunicorn.conf.py), and a page's stream follows the other
 workers' sockets too: their snapshots arrive as `calls` events (calls to add), and their
-other events as they are.
+other events as they are. In a fleet (REDIS_URL) none of this is done: every board follows
+every server's and worker's calls through Redis (fleet.py).
 """
 
 import atexit

@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 
 from mediastream import g711
+from mediastream.console import summary_figures
 from mediastream.handlers import Handler
 
 UPDATE_SECONDS = 0.25  # a meter moving 4 times a second looks live
@@ -24,63 +25,26 @@ LINES_KEPT = 200  # transcript lines a panel keeps for a page opened late
 MAX_KEYS = 40  # DTMF digits a panel shows
 PENDING_MAX = 500  # events a slow watcher may have waiting before it gets a fresh snapshot
 QUIET_DBFS = -60.0  # the bottom of the level meter
+QUIET_SECONDS = 15.0  # another server's call that sent nothing for this long is over
+MAX_OURS = 10_000  # our calls whose fleet entries may still come back, at most
 
 
 class Panel:
-    """One stream as the page shows it. Its figures are read from the stream's own state
-    (stream.py, speech.py) when an update is due, not per message."""
+    """One call as the page shows it: its card, its transcript lines and what they add up
+    to. A StreamPanel is one of this process's streams; a RemotePanel, another server's
+    call, known from the fleet's Redis entries (fleet.py)."""
 
-    def __init__(self, stream, event, clock=time.time):
-        self.stream = stream
-        self.stream_sid = event.stream_sid
-        self.card = {
-            "id": event.stream_sid,
-            "tag": stream.name,
-            "call_sid": event.call_sid,
-            "client": stream.client,
-            "parameters": dict(event.custom_parameters),
-            "mode": stream.mode,
-            "declared_tracks": list(event.tracks),
-            "opened": clock() - stream.duration(),  # when the page's clock says it began
-        }
+    def __init__(self, card):
+        self.stream_sid = card["id"]
+        self.card = card
         self.lines = deque(maxlen=LINES_KEPT)
         self.utterances = Counter()  # per track, for the summary (lines keep only the last)
         self.sentiment = Counter()  # per track, the sum of the utterances' scores
         self.scored = Counter()  # per track, the utterances with a score
         self.keywords = Counter()
         self.keys = ""  # the caller's DTMF digits so far (the last MAX_KEYS)
-        self.last_chunk = {}  # track -> its last Media (the meter's level): LiveCalls sets it
         self.summary = None
-        self.final = None  # whole(), kept when the call ends (the stream is let go)
-
-    @property
-    def changes(self):
-        """Grows whenever the figures may have changed: messages in, good or bad."""
-        stream = self.stream
-        messages = sum(figures.messages for figures in stream.tracks.values())
-        return messages + stream.bad_messages + stream.missing_sequence_numbers + len(self.keys)
-
-    def figures(self):
-        """What changes all the time, now."""
-        stream = self.stream
-        tracks = {}
-        for name, figures in stream.tracks.items():
-            speech = figures.speech
-            chunk = self.last_chunk.get(name)
-            tracks[name] = {
-                "seconds": round(stream.audio_seconds(name), 1),
-                "speaking": bool(speech and speech.speaking),
-                "talk": round(speech.talk_seconds, 1) if speech else None,
-                "level": level(chunk.audio) if chunk else 0.0,
-            }
-        return {
-            "id": self.stream_sid,
-            "duration": round(stream.duration(), 1),
-            "tracks": tracks,
-            "lost_chunks": stream.missing_chunks,
-            "bad_messages": stream.bad_messages,
-            "keys": self.keys,
-        }
+        self.final = None  # whole(), kept when the call ends
 
     def whole(self):
         """Everything, for a page that opens now."""
@@ -92,6 +56,118 @@ class Panel:
             "lines": list(self.lines),
             "summary": self.summary,
         }
+
+
+class StreamPanel(Panel):
+    """One of this process's streams. Its figures are read from the stream's own state
+    (stream.py, speech.py) when an update is due, not per message."""
+
+    def __init__(self, stream, event, clock=time.time, server=None):
+        super().__init__(
+            {
+                "id": event.stream_sid,
+                "tag": stream.name,
+                "call_sid": event.call_sid,
+                "client": stream.client,
+                "parameters": dict(event.custom_parameters),
+                "mode": stream.mode,
+                "declared_tracks": list(event.tracks),
+                "opened": clock() - stream.duration(),  # when the page's clock says it began
+                **({"server": server} if server else {}),
+            }
+        )
+        self.stream = stream
+        self.last_chunk = {}  # track -> its last Media (the meter's level): LiveCalls sets it
+
+    @property
+    def changes(self):
+        """Grows whenever the figures may have changed: messages in, good or bad."""
+        stream = self.stream
+        messages = sum(figures.messages for figures in stream.tracks.values())
+        return messages + stream.bad_messages + stream.missing_sequence_numbers + len(self.keys)
+
+    def figures(self):
+        """What changes all the time, now."""
+        now = figures(self.stream)
+        for name, track in now["tracks"].items():
+            chunk = self.last_chunk.get(name)
+            track["level"] = level(chunk.audio) if chunk else 0.0
+        return {"id": self.stream_sid, **now, "keys": self.keys}
+
+
+class RemotePanel(Panel):
+    """Another server's call, from its `start` and `figures` entries (or, for a call that
+    was open before this process read the fleet's stream, its figures alone)."""
+
+    def __init__(self, entry, clock=time.time):
+        super().__init__(
+            {
+                "id": entry["stream_sid"],
+                "tag": entry["tag"],
+                "call_sid": entry.get("call_sid"),
+                "client": entry.get("client"),
+                "parameters": entry.get("parameters") or {},
+                "mode": entry.get("mode"),
+                "declared_tracks": entry.get("tracks") or [],
+                "opened": entry["at"] - entry.get("duration", 0.0),
+                "server": entry["server"],
+            }
+        )
+        self.last = {"duration": 0.0, "tracks": {}, "lost_chunks": 0, "bad_messages": 0}
+        self.received = 0  # figures entries taken in: the page's updates follow it
+        self.heard_at = clock()
+        self.clock = clock
+
+    def took(self, entry):
+        """A `figures` entry of its call."""
+        self.last = {key: entry[key] for key in self.last}
+        self.received += 1
+        self.heard_at = self.clock()
+
+    @property
+    def changes(self):
+        return self.received + len(self.keys)
+
+    def quiet(self):
+        return self.clock() - self.heard_at > QUIET_SECONDS
+
+    def last_known(self):
+        """The summary's figures of a call whose end never came."""
+        return {
+            "ended_by": "no news from its server",
+            "seconds": self.last["duration"],
+            "tracks": {
+                name: {
+                    "audio_seconds": track["seconds"],
+                    "missing_chunks": 0,  # what is known is the call's total, not per track
+                    "talk_seconds": track["talk"],
+                }
+                for name, track in self.last["tracks"].items()
+            },
+            "bad_messages": self.last["bad_messages"],
+        }
+
+    def figures(self):
+        tracks = {name: {**track, "level": 0.0} for name, track in self.last["tracks"].items()}
+        return {"id": self.stream_sid, **self.last, "tracks": tracks, "keys": self.keys}
+
+
+def figures(stream):
+    """A stream's audio now, as the page shows it (and the fleet's `figures` entries)."""
+    tracks = {}
+    for name, track in stream.tracks.items():
+        speech = track.speech
+        tracks[name] = {
+            "seconds": round(stream.audio_seconds(name), 1),
+            "speaking": bool(speech and speech.speaking),
+            "talk": round(speech.talk_seconds, 1) if speech else None,
+        }
+    return {
+        "duration": round(stream.duration(), 1),
+        "tracks": tracks,
+        "lost_chunks": stream.missing_chunks,
+        "bad_messages": stream.bad_messages,
+    }
 
 
 def _meter_position(magnitude):
@@ -112,38 +188,38 @@ def level(audio):
 
 
 def line(utterance):
-    """An utterance as a transcript line on the page."""
+    """An utterance (its figures(), as the fleet's entries carry it) as a transcript line."""
     return {
-        "track": utterance.track,
-        "start": round(utterance.start, 1),
-        "text": utterance.text,
-        "keywords": list(utterance.keywords),
-        "sentiment": utterance.sentiment,
+        "track": utterance["track"],
+        "start": round(utterance["start"], 1),
+        "text": utterance["text"],
+        "keywords": list(utterance.get("keywords", [])),
+        "sentiment": utterance.get("sentiment"),
     }
 
 
-def summary(panel, ended_by):
-    """The end of a call as the page shows it: the console's summary, and what was said."""
-    stream = panel.stream
+def summary(panel, ended):
+    """The end of a call as the page shows it: the console's summary figures (`ended`,
+    console.summary_figures, or a fleet `end` entry), and what was said."""
     tracks = {}
-    for name, figures in stream.tracks.items():
-        speech = figures.speech
+    for name, track in ended["tracks"].items():
         scored = panel.scored[name]
+        talk = track.get("talk_seconds")
         tracks[name] = {
-            "seconds": round(stream.audio_seconds(name), 1),
-            "talk": round(speech.talk_seconds, 1) if speech else None,
+            "seconds": round(track["audio_seconds"], 1),
+            "talk": None if talk is None else round(talk, 1),
             "utterances": panel.utterances[name],
             "sentiment": round(panel.sentiment[name] / scored, 2) if scored else None,
         }
     return {
-        "ended_by": ended_by,
-        "duration": round(stream.duration(), 1),
+        "ended_by": ended["ended_by"],
+        "duration": round(ended["seconds"], 1),
         "tracks": tracks,
-        "lost_chunks": stream.missing_chunks,
-        "bad_messages": stream.bad_messages,
+        "lost_chunks": sum(track["missing_chunks"] for track in ended["tracks"].values()),
+        "bad_messages": ended["bad_messages"],
         "keywords": dict(panel.keywords),
         "keys": panel.keys,
-        "problems": dict(stream.handler_problems),
+        "problems": ended.get("problems", {}),
     }
 
 
@@ -174,39 +250,85 @@ class Watcher:
 
 
 class CallBoard:
-    """Every open stream's panel and the last ENDED_KEPT ended ones; the open pages."""
+    """Every open call's panel and the last ENDED_KEPT ended ones; the open pages.
+
+    Its own calls come from the LiveCalls handler; in a fleet (REDIS_URL), the other
+    servers' from the fleet's stream (fleet.py's follower calls heard())."""
 
     def __init__(self, clock=time.time):
-        self.open = {}  # stream SID -> Panel
+        self.open = {}  # this process's streams: stream SID -> StreamPanel
+        self.remote = {}  # other servers' open calls: stream SID -> RemotePanel
         self.ended = deque(maxlen=ENDED_KEPT)
         self.watchers = set()
         self.clock = clock
+        self.server = None  # in a fleet, this server's name, shown on its panels
+        self.ours = {}  # in a fleet, our streams whose entries may still come back to us
 
-    # -- fed by the LiveCalls handler
+    # -- fed by the LiveCalls handler, and by the fleet's follower
 
     def started(self, stream, event):
-        panel = self.open[event.stream_sid] = Panel(stream, event, self.clock)
+        panel = self.open[event.stream_sid] = StreamPanel(stream, event, self.clock, self.server)
+        if self.server:
+            self.ours[event.stream_sid] = None
+            while len(self.ours) > MAX_OURS:
+                del self.ours[next(iter(self.ours))]
         self._tell(panel, "call", panel.whole())
         return panel
 
+    def pressed(self, panel, digit):
+        panel.keys = (panel.keys + digit)[-MAX_KEYS:]
+
     def said(self, panel, utterance):
+        """`utterance`: its figures() (transcript.py), as the fleet's entries carry it."""
         entry = line(utterance)
         panel.lines.append(entry)
-        panel.utterances[utterance.track] += 1
-        if utterance.sentiment is not None:
-            panel.sentiment[utterance.track] += utterance.sentiment
-            panel.scored[utterance.track] += 1
-        panel.keywords.update(utterance.keywords)
+        track = utterance["track"]
+        panel.utterances[track] += 1
+        if entry["sentiment"] is not None:
+            panel.sentiment[track] += entry["sentiment"]
+            panel.scored[track] += 1
+        panel.keywords.update(entry["keywords"])
         self._tell(panel, "utterance", {"id": panel.stream_sid, "line": entry})
 
-    def finished(self, panel, ended_by):
+    def finished(self, panel, ended):
+        """`ended`: the summary's figures (console.summary_figures, or a fleet `end` entry)."""
         self.open.pop(panel.stream_sid, None)
-        panel.summary = summary(panel, ended_by)
+        self.remote.pop(panel.stream_sid, None)
+        panel.summary = summary(panel, ended)
         panel.final = panel.whole()
-        panel.stream = None  # an ended panel keeps its figures, not the stream
-        panel.last_chunk = None
+        panel.stream = panel.last_chunk = None  # an ended panel keeps figures, not a stream
         self.ended.appendleft(panel)
         self._tell(panel, "end", panel.final)
+
+    def heard(self, kind, entry):
+        """An entry of the fleet's stream: another server's call (or one of ours, back)."""
+        stream_sid = entry.get("stream_sid")
+        if stream_sid in self.ours:
+            if kind == "end":  # its last entry
+                del self.ours[stream_sid]
+            return
+        panel = self.remote.get(stream_sid)
+        if kind == "start" or (panel is None and kind == "figures"):
+            panel = self.remote[stream_sid] = RemotePanel(entry, self.clock)
+            if kind == "figures":  # open before we followed the stream: its figures alone
+                panel.took(entry)
+            self._tell(panel, "call", panel.whole())
+        elif panel is None:
+            return  # the rest of a call we never saw start
+        elif kind == "figures":
+            panel.took(entry)
+        elif kind == "dtmf":
+            self.pressed(panel, entry["digit"])
+        elif kind == "utterance":
+            self.said(panel, entry)
+        elif kind == "end":
+            self.finished(panel, entry)
+
+    def forget_quiet(self):
+        """End the other servers' calls that sent nothing for QUIET_SECONDS (their server
+        stopped, or Redis did), with what was last known of them."""
+        for panel in [each for each in self.remote.values() if each.quiet()]:
+            self.finished(panel, panel.last_known())
 
     def _tell(self, panel, name, body):
         for watcher in self.watchers:
@@ -224,24 +346,31 @@ class CallBoard:
     def snapshot(self, watcher):
         watcher.behind = False
         watcher.pending.clear()
-        panels = [*self.open.values(), *self.ended]
+        panels = [*self.open.values(), *self.remote.values(), *self.ended]
         calls = [panel.whole() for panel in panels if watcher.wants(panel.stream_sid)]
-        watcher.sent_changes = {panel.stream_sid: panel.changes for panel in self.open.values()}
+        watcher.sent_changes = {panel.stream_sid: panel.changes for panel in self._open()}
         return {"calls": calls}
 
     def updates(self, watcher):
         """The figures of the open calls that changed since the watcher last heard."""
         changed = []
-        for stream_sid, panel in self.open.items():
+        for panel in self._open():
+            stream_sid = panel.stream_sid
             if watcher.wants(stream_sid) and watcher.sent_changes.get(stream_sid) != panel.changes:
                 watcher.sent_changes[stream_sid] = panel.changes
                 changed.append(panel.figures())
-        for stream_sid in [sid for sid in watcher.sent_changes if sid not in self.open]:
+        for stream_sid in [sid for sid in watcher.sent_changes if not self._is_open(sid)]:
             del watcher.sent_changes[stream_sid]
         return changed
 
     def unwatch(self, watcher):
         self.watchers.discard(watcher)
+
+    def _open(self):
+        return [*self.open.values(), *self.remote.values()]
+
+    def _is_open(self, stream_sid):
+        return stream_sid in self.open or stream_sid in self.remote
 
 
 BOARD = CallBoard()  # this process's calls (under gunicorn: this worker's)
@@ -267,12 +396,12 @@ class LiveCalls(Handler):
 
     def dtmf(self, stream, event):
         if self.panel:
-            self.panel.keys = (self.panel.keys + event.digit)[-MAX_KEYS:]
+            self.board.pressed(self.panel, event.digit)
 
     def utterance(self, stream, utterance):
         if self.panel:
-            self.board.said(self.panel, utterance)
+            self.board.said(self.panel, utterance.figures())
 
     def end(self, stream, ended_by):
         if self.panel:
-            self.board.finished(self.panel, ended_by)
+            self.board.finished(self.panel, summary_figures(stream, ended_by))

@@ -20,6 +20,7 @@ from flask import Blueprint, Response, current_app, redirect, request
 
 from mediastream.browser.events import event_stream
 from mediastream.browser.live import BOARD
+from mediastream.fleet import follow_fleet
 from mediastream.security import OPERATOR_COOKIE, operator_cookie, operator_refusal
 from mediastream.websocket import client_address
 
@@ -27,7 +28,10 @@ log = logging.getLogger("mediastream")
 
 
 def browser_pages(config, connections, credentials=None, board=BOARD):
-    """The blueprint of the operator's pages, for create_app to register."""
+    """The blueprint of the operator's pages, for create_app to register. In a fleet
+    (REDIS_URL), the board follows the other servers' calls too."""
+    if config.redis_url:
+        follow_fleet(config, board)
     pages = Blueprint("browser", __name__, static_folder="static", static_url_path="/browser")
 
     @pages.before_request

@@ -1,7 +1,8 @@
 // The live panels of /calls (every call) and /phone (its own call), fed by the server's
 // Server-Sent Events at /calls/events: `snapshot` (every call, on (re)connecting), `calls`
-// (another gunicorn worker's, to add), `call` (one starts), `update` (figures that changed, at most 4 times a second), `utterance`
-// (a transcript line) and `end` (the call's summary). Everything from the server is put
+// (another gunicorn worker's, to add), `call` (one starts, here or, in a fleet, on another
+// server), `update` (figures that changed, at most 4 times a second), `utterance` (a
+// transcript line) and `end` (the call's summary). Everything from the server is put
 // in the page as text, never as HTML.
 "use strict";
 
@@ -56,6 +57,7 @@ const Live = (() => {
         element("span", "caller", parameters.caller || parameters.From || "unknown caller"),
       );
       if (call.mode) title.append(element("span", "mode", call.mode));
+      if (call.server) title.append(element("span", "server", call.server)); // in a fleet
       this.duration = element("span", "duration");
       title.append(this.duration);
       const others = Object.entries(parameters).filter(([name]) => name !== "caller");
