@@ -9,7 +9,8 @@
 REDIS_URL (or --url) names the Redis server, REDIS_STREAM (or --stream) the stream. This
 is also the example of how to consume the stream from any language: each entry has the
 fields `type` and `json`; read new ones with XREAD BLOCK (or, in a group, XREADGROUP with
-">" after XGROUP CREATE ... MKSTREAM, then XACK each one handled).
+">" after XGROUP CREATE ... MKSTREAM, then XACK each one handled). When Redis goes away,
+it says so once on stderr and waits for it to come back.
 """
 
 import argparse
@@ -17,12 +18,14 @@ import json
 import os
 import socket
 import sys
+import time
 
 import redis
 
 from mediastream.speech import clock
 
 BLOCK_MS = 5000  # how long one read waits for new entries
+RETRY_SECONDS = 1.0
 
 
 def describe(kind, event):
@@ -63,31 +66,62 @@ def show(fields, as_json):
     return describe(kind, event)
 
 
-def follow(client, stream, as_json, figures, out=sys.stdout):
+class Patient:
+    """Calls to Redis that wait out its absence: one line on stderr when it goes, one when
+    it is back, and a try every RETRY_SECONDS in between (a follower runs for days)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.down = False
+
+    def __call__(self, command, *args, **options):
+        while True:
+            try:
+                reply = getattr(self.client, command)(*args, **options)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                if not self.down:
+                    self.down = True
+                    say(f"Redis does not answer ({error}); trying again every second")
+                time.sleep(RETRY_SECONDS)
+                continue
+            if self.down:
+                self.down = False
+                say("Redis answers again")
+            return reply
+
+
+def say(text):
+    print(f"mediastream.events: {text}", file=sys.stderr, flush=True)
+
+
+def follow(redis_call, stream, as_json, figures, out=sys.stdout):
     """Every new entry, as it comes."""
     last = "$"
     while True:
-        for _, entries in client.xread({stream: last}, block=BLOCK_MS) or []:
+        for _, entries in redis_call("xread", {stream: last}, block=BLOCK_MS) or []:
             for entry_id, fields in entries:
                 last = entry_id
                 if figures or fields.get(b"type") != b"figures":
                     print(show(fields, as_json), file=out, flush=True)
 
 
-def follow_group(client, stream, group, consumer, as_json, figures, out=sys.stdout):
+def follow_group(redis_call, stream, group, consumer, as_json, figures, out=sys.stdout):
     """As one consumer of a group: first what it was given and did not acknowledge (it
     stopped before it could), then new entries; each acknowledged once shown."""
-    try:
-        client.xgroup_create(stream, group, id="$", mkstream=True)
-    except redis.ResponseError as error:
-        if "BUSYGROUP" not in str(error):  # the group exists: go on from where it is
-            raise
+    create_group(redis_call, stream, group, "$")  # from now on, the first time
     pending = "0"
     while True:
         wanted = pending or ">"
         block = None if pending else BLOCK_MS
-        replies = client.xreadgroup(group, consumer, {stream: wanted}, block=block) or []
-        entries = [entry for _, stream_entries in replies for entry in stream_entries]
+        try:
+            replies = redis_call("xreadgroup", group, consumer, {stream: wanted}, block=block)
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            # Redis came back without its data: what the stream holds now is all new.
+            create_group(redis_call, stream, group, "0")
+            continue
+        entries = [entry for _, stream_entries in replies or [] for entry in stream_entries]
         if pending and not entries:
             pending = None  # caught up with its own history
         for entry_id, fields in entries:
@@ -95,7 +129,15 @@ def follow_group(client, stream, group, consumer, as_json, figures, out=sys.stdo
                 pending = entry_id
             if figures or fields.get(b"type") != b"figures":
                 print(show(fields, as_json), file=out, flush=True)
-            client.xack(stream, group, entry_id)
+            redis_call("xack", stream, group, entry_id)
+
+
+def create_group(redis_call, stream, group, start):
+    try:
+        redis_call("xgroup_create", stream, group, id=start, mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):  # the group exists: go on from where it is
+            raise
 
 
 def main(argv=None):
@@ -119,11 +161,11 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     if not arguments.url:
         parser.error("give --url or set REDIS_URL (redis://host:6379/0)")
-    client = redis.Redis.from_url(arguments.url, socket_connect_timeout=3)
+    redis_call = Patient(redis.Redis.from_url(arguments.url, socket_connect_timeout=3))
     try:
         if arguments.group:
             follow_group(
-                client,
+                redis_call,
                 arguments.stream,
                 arguments.group,
                 arguments.consumer,
@@ -131,9 +173,7 @@ def main(argv=None):
                 arguments.figures,
             )
         else:
-            follow(client, arguments.stream, arguments.json, arguments.figures)
-    except redis.ConnectionError as error:
-        sys.exit(f"mediastream.events: cannot reach Redis: {error}")
+            follow(redis_call, arguments.stream, arguments.json, arguments.figures)
     except KeyboardInterrupt:
         pass
 

@@ -204,6 +204,8 @@ def test_redis_going_away_mid_call_is_one_warning_and_its_return_one_line(
     redis_server, start_server
 ):
     server = start_server(REDIS_URL=redis_server.url, SERVER_NAME="alpha")
+    followers = [start_follower(redis_server), start_follower(redis_server, "--group", "one")]
+    time.sleep(0.5)
     simulation = start_simulation(server, "--seconds", "6")
     time.sleep(1.5)
     redis_server.stop()
@@ -217,6 +219,11 @@ def test_redis_going_away_mid_call_is_one_warning_and_its_return_one_line(
     assert log.count("events: Redis does not answer") == 1 and "Traceback" not in log
     time.sleep(1.5)  # the end goes out as soon as Redis takes it
     assert ("end", tag) in [(kind, event["tag"]) for kind, event in entries(redis_server)]
+    for follower in followers:  # each waited for Redis and went on (the group's made again:
+        lines = output(follower, settle=0).splitlines()  # Redis came back without it)
+        assert sum("mediastream.events: Redis does not answer" in line for line in lines) == 1
+        assert "mediastream.events: Redis answers again" in lines
+        assert f"[{tag}] alpha end: ended by stop after 6.0 s" in lines
 
 
 def test_under_gunicorn_every_worker_publishes(redis_server, start_gunicorn):
