@@ -24,7 +24,7 @@ import time
 
 import gevent
 from gevent import socket
-from paced import LOAD_CORE, SERVER_CORE, TICK, caller, frames_of
+from paced import LOAD_CORE, SERVER_CORE, TICK, frames_of, play_paced
 from throughput import SERVERS, Server
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's (apt-get install chromium)
@@ -112,12 +112,10 @@ def run(server_name, calls, seconds, watcher):
     server = Server(server_name, prefix=("taskset", "-c", str(SERVER_CORE)))
     lateness = []
     try:
+        conversations = frames_of(calls, seconds)
         start = time.monotonic() + 1.0 + calls * 0.002
         dues = [start + TICK * n / calls for n in range(calls)]
-        callers = [
-            gevent.spawn(caller, server.url, frames, due, lateness)
-            for due, frames in zip(dues, frames_of(calls, seconds), strict=True)
-        ]
+        callers = [gevent.spawn(play_paced, [server.url] * calls, conversations, dues, lateness)]
         window = seconds - 6.0  # steady: every call started, none ended
         page = None
         if watcher == "events":

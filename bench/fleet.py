@@ -7,10 +7,11 @@ soon another server's page shows what was said.
 1. What REDIS_URL adds to a server's CPU per media message: bench/paced.py's load (one-track
    calls paced as Twilio sends them, the server pinned to core 0, the load to core 1) into
    ours without and with REDIS_URL, in turn, --rounds times, side by side.
-2. A fleet: --calls paced calls split over two servers (alpha and bravo, with REDIS_URL, each
-   pinned to a core of its own), one page following bravo's /calls/events, and a speaking
-   call into alpha every --every seconds, its utterances transcribed by tests/openai_stub.py
-   (at once, so that what is measured is the fleet's path, not Whisper). It prints the
+2. A fleet: --calls paced calls, every other one into each of two servers (alpha and
+   bravo, with REDIS_URL, each pinned to a core of its own), one page following bravo's
+   /calls/events, and a speaking call into alpha every --every seconds, its utterances
+   transcribed by tests/openai_stub.py (at once, so that what is measured is the fleet's
+   path, not Whisper). It prints the
    entries a second Redis took and the CPU and memory it used for them, and the delay from
    each utterance's entry leaving alpha (its `at`) to its line arriving on bravo's page.
 
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 import gevent
-from paced import LOAD_CORE, TICK, caller, frames_of, measure
+from paced import LOAD_CORE, TICK, frames_of, measure, play_paced
 from throughput import REPO, Server, _cpu_seconds
 
 sys.path.insert(0, str(REPO))
@@ -83,13 +84,13 @@ def fleet(arguments, redis, stub):
     client = redis.client()
     speech = mulaw_chunks(read_wav(SPEECH), 4.0)  # a sentence or two, then its pause
     try:
-        half = arguments.calls // 2
-        start = time.monotonic() + 1.0 + arguments.calls * 0.002
-        lateness, callers = [], []
-        for server, calls in ((alpha, half), (bravo, arguments.calls - half)):
-            dues = [start + TICK * n / calls for n in range(calls)]
-            for due, frames in zip(dues, frames_of(calls, arguments.seconds), strict=True):
-                callers.append(gevent.spawn(caller, server.url, frames, due, lateness))
+        calls = arguments.calls
+        conversations = frames_of(calls, arguments.seconds)
+        start = time.monotonic() + 1.0 + calls * 0.002
+        dues = [start + TICK * n / calls for n in range(calls)]
+        urls = [(alpha, bravo)[n % 2].url for n in range(calls)]  # every other call
+        lateness = []
+        callers = [gevent.spawn(play_paced, urls, conversations, dues, lateness)]
         gevent.sleep(start + 2.0 - time.monotonic())  # steady: every call streaming
         window = arguments.seconds - 3.0
         before = (client.xlen(STREAM), _cpu_seconds(redis.process.pid), time.monotonic())

@@ -51,6 +51,8 @@ from mediastream.simulator import (  # noqa: E402
 
 SERVER_CORE, LOAD_CORE = 0, 1
 TICK = 0.02
+SLOT = 0.001  # sends due within this of now go out without a sleep
+DUE = "<due>"  # in each call's start: when its first media is due, for the probe
 BUSY = 0.95  # a core this busy is full: what is left absorbs bursts
 CONTESTANTS = [
     "ours",
@@ -63,32 +65,45 @@ CONTESTANTS = [
 ]
 
 
-def frames_of(calls, seconds, dues=None):
-    """Each call's frames, masked as a client sends them: connected, start, media...;
-    with `dues`, each call's start says when its first media is due (for the probe)."""
+def frames_of(calls, seconds):
+    """Each call's messages as a client sends them: connected and start as text (the start
+    with a DUE placeholder for when its first media is due, which play_paced fills in, for
+    the probe), then its media frames, masked. Made before the calls' schedule is set:
+    masking 300,000 frames takes seconds."""
     conversations = []
-    for n in range(calls):
-        call = TwilioCall(parameters={"due": repr(dues[n])} if dues else None)
-        texts = [call.connected(), call.start()]
-        texts += [call.media() for _ in range(round(seconds / TICK))]
-        conversations.append([encode_frame(text.encode()) for text in texts])
+    for _ in range(calls):
+        call = TwilioCall(parameters={"due": DUE})
+        media = [call.media() for _ in range(round(seconds / TICK))]
+        conversations.append(
+            [call.connected(), call.start()] + [encode_frame(text.encode()) for text in media]
+        )
     return conversations
 
 
-def caller(url, frames, first_due, lateness):
-    """One call: its media frames on their schedule, each its own write. `lateness` gets
-    how late each send ran; its length is the number of media messages sent so far."""
-    sock = connect(url, {})
+def play_paced(urls, conversations, dues, lateness):
+    """The calls (call n into urls[n], its first media due at dues[n], in order), each
+    media message its own write on its schedule, all from this one greenlet: it sleeps only
+    when the next send is SLOT or more ahead (a greenlet and a timer per call could not keep
+    400 calls' schedules on one core). `lateness` gets how late each send ran; its length
+    is the number of media messages sent so far."""
+    connecting = [gevent.spawn(connect, url, {}) for url in urls]
+    gevent.joinall(connecting, raise_error=True)
+    sockets = [each.value for each in connecting]
     try:
-        sock.sendall(frames[0] + frames[1])
-        for n, frame in enumerate(frames[2:]):
-            due = first_due + n * TICK
-            if due > time.monotonic():
-                gevent.sleep(due - time.monotonic())
-            lateness.append(time.monotonic() - due)
-            sock.sendall(frame)
+        wall = time.time() - time.monotonic()  # the probe's clock is the epoch's
+        for sock, frames, due in zip(sockets, conversations, dues, strict=True):
+            start = frames[1].replace(DUE, repr(wall + due))
+            sock.sendall(encode_frame(frames[0].encode()) + encode_frame(start.encode()))
+        for n in range(len(conversations[0]) - 2):
+            for sock, frames, first_due in zip(sockets, conversations, dues, strict=True):
+                due = first_due + n * TICK
+                if due - time.monotonic() >= SLOT:
+                    gevent.sleep(due - time.monotonic())
+                lateness.append(time.monotonic() - due)
+                sock.sendall(frames[n + 2])
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
 
 
 def measure(name, calls, seconds, pinned=True, echo=None, **environ):
@@ -98,14 +113,10 @@ def measure(name, calls, seconds, pinned=True, echo=None, **environ):
     server = Server(name, prefix=prefix, **environ)
     lateness = []
     try:
+        conversations = frames_of(calls, seconds)
         start = time.monotonic() + 1.0 + calls * 0.002  # every call connected by then
         dues = [start + TICK * n / calls for n in range(calls)]
-        wall = time.time() - time.monotonic()  # the probe's clock is the epoch's
-        conversations = frames_of(calls, seconds, [wall + due for due in dues])
-        callers = [
-            gevent.spawn(caller, server.url, frames, due, lateness)
-            for due, frames in zip(dues, conversations, strict=True)
-        ]
+        callers = [gevent.spawn(play_paced, [server.url] * calls, conversations, dues, lateness)]
         if echo is not None:
             callers.append(gevent.spawn(echo_call, server.url, seconds, echo))
         gevent.sleep(start + 2.0 - time.monotonic())  # steady: every call streaming
