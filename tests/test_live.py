@@ -267,3 +267,17 @@ def test_another_servers_call_that_goes_quiet_is_ended_with_what_was_known():
     board.forget_quiet()
     assert not board.remote
     assert board.ended[0].summary["ended_by"] == "no news from its server"
+
+
+def test_the_fleet_is_followed_only_while_a_page_watches():
+    board = CallBoard()
+    followed = []
+    board.fleet = type("Fleet", (), {"start": lambda _: followed.append("start"),
+                                     "stop": lambda _: followed.append("stop")})()  # fmt: skip
+    first, _ = board.watch()
+    second, _ = board.watch()
+    board.unwatch(first)
+    assert followed == ["start"]
+    board.unwatch(second)
+    board.watch()
+    assert followed == ["start", "stop", "start"]

@@ -263,6 +263,7 @@ class CallBoard:
         self.clock = clock
         self.server = None  # in a fleet, this server's name, shown on its panels
         self.ours = {}  # in a fleet, our streams whose entries may still come back to us
+        self.fleet = None  # in a fleet, what follows the others' calls while a page watches
 
     # -- fed by the LiveCalls handler, and by the fleet's follower
 
@@ -340,6 +341,8 @@ class CallBoard:
     def watch(self, stream_sid=None, wake=lambda: None):
         """A new watcher and what it sees first: every call it wants, open and ended."""
         watcher = Watcher(stream_sid, wake)
+        if self.fleet and not self.watchers:
+            self.fleet.start()
         self.watchers.add(watcher)
         return watcher, self.snapshot(watcher)
 
@@ -365,6 +368,8 @@ class CallBoard:
 
     def unwatch(self, watcher):
         self.watchers.discard(watcher)
+        if self.fleet and not self.watchers:
+            self.fleet.stop()
 
     def _open(self):
         return [*self.open.values(), *self.remote.values()]
