@@ -12,13 +12,14 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 from mediastream import g711
-from mediastream.handlers import Handler
+from mediastream.handlers import Handler, every
 from mediastream.messages import cut
 
 log = logging.getLogger("mediastream")
 startup = logging.getLogger("mediastream.startup")  # said once, shown whatever LOG_LEVEL
 
 LINE = 92  # what fits a 120-column terminal after the time, the level and the tag
+PROGRESS_SECONDS = 5.0  # a progress line this often of each call
 
 
 def configure_logging(level, log_format="console"):
@@ -57,13 +58,17 @@ class Console(Handler):
 
     def __init__(self, config):
         super().__init__(config)
-        # A line per media message only at DEBUG: decided once, not 50 times a second.
-        self._each_chunk = log.isEnabledFor(logging.DEBUG)
+        self._progress = None  # the timer of the progress lines
+        # A line per media message only at DEBUG: decided once, so that at INFO the console
+        # is not called 50 times a second.
+        if log.isEnabledFor(logging.DEBUG):
+            self.media = self._each_chunk
 
     def connected(self, stream, event):
         stream.log.info("connected: protocol %s %s", event.protocol, event.version)
 
     def start(self, stream, event):
+        self._progress = every(PROGRESS_SECONDS, self._progress_line, stream)
         direction = f"bidirectional, mode {stream.mode}" if stream.bidirectional else "one-way"
         stream.log.info(
             "start: stream %s from %s (%s)", event.stream_sid, stream.client, cut(direction, 30)
@@ -82,19 +87,21 @@ class Console(Handler):
             stream.log.info("parameters: %s", cut(parameters, LINE - len("parameters: ")))
         stream.log.debug("account %s", event.account_sid)
 
-    def media(self, stream, chunk):
-        if self._each_chunk:
-            stream.log.debug(
-                "media: %s chunk %s, timestamp %s ms, %d bytes",
-                chunk.track,
-                chunk.chunk,
-                chunk.timestamp,
-                len(chunk.audio),
-            )
-        if stream.progress_due():
-            sent = stream.talkback.seconds_sent if stream.bidirectional else None
-            sent = f"; sent back {sent:.1f} s" if sent is not None else ""
-            stream.log.info("media: %s%s", _audio_per_track(stream), sent)
+    def _each_chunk(self, stream, chunk):
+        stream.log.debug(
+            "media: %s chunk %s, timestamp %s ms, %d bytes",
+            chunk.track,
+            chunk.chunk,
+            chunk.timestamp,
+            len(chunk.audio),
+        )
+
+    def _progress_line(self, stream):
+        if not any(figures.messages for figures in stream.tracks.values()):
+            return
+        sent = stream.talkback.seconds_sent if stream.bidirectional else None
+        sent = f"; sent back {sent:.1f} s" if sent is not None else ""
+        stream.log.info("media: %s%s", _audio_per_track(stream), sent)
 
     def gap(self, stream, event, lost_messages, lost_chunks):
         """One warning per hole in the numbering: messages Twilio sent that never arrived.
@@ -139,6 +146,8 @@ class Console(Handler):
 
     def end(self, stream, ended_by):
         """The lines every stream ends with, however it ended; `summary:` is the last."""
+        if self._progress:
+            self._progress.close()
         stream.log.info("received: %s", _media_per_track(stream))
         if stream.bidirectional:
             talkback = stream.talkback

@@ -29,6 +29,9 @@ How events reach handlers:
   events: handlers that may block first (the stream waits up to END_WAIT_SECONDS for them
   to work through their queue, then drops what is left), then the others last-first, so
   the console, first in DEFAULT_HANDLERS, writes the summary after everything else.
+- Work that needs doing every few seconds of a stream, not on each of its 50 messages a
+  second, goes in a timer: `every(seconds, callback, stream)` in start(), closed in end()
+  (the console's progress lines and the metrics do so).
 """
 
 from collections import deque
@@ -149,7 +152,7 @@ class StreamHandlers:
                 for handler in self._inline
                 if handler not in self._broken
                 and handler.active
-                and getattr(type(handler), name) is not getattr(Handler, name)
+                and getattr(getattr(handler, name), "__func__", None) is not getattr(Handler, name)
             ]
             for name in EVENTS
         }
@@ -230,6 +233,14 @@ class StreamHandlers:
         if handler in self._inline:
             self._broken.add(handler)  # its end() is still called
             self._bind_methods()
+
+
+def every(seconds, callback, *args):
+    """Call callback(*args) every `seconds` from now, in the event loop, until the returned
+    timer is closed (timer.close()). The callback must return at once (no I/O to wait on)."""
+    timer = gevent.get_hub().loop.timer(seconds, seconds)
+    timer.start(callback, *args)
+    return timer
 
 
 class Lane:

@@ -23,7 +23,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from mediastream.handlers import Handler
+from mediastream.handlers import Handler, every
 from mediastream.security import bearer_matches, from_this_machine
 
 disable_created_metrics()  # a *_created timestamp per series says nothing useful here
@@ -66,13 +66,13 @@ EVENTS_DROPPED = Counter(
     "mediastream_events_dropped", "Call events not sent to Redis: it was away too long"
 )
 
-FLUSH_EVERY = 50  # media messages counted in the handler before they reach the metrics
+FLUSH_SECONDS = 1.0  # how often what a stream has counted of its media reaches the metrics
 
 
 class Metrics(Handler):
     """A handler: each stream's figures into the metrics. What the stream has counted of
-    its media is added to the metrics every FLUSH_EVERY messages and at the end (a metric
-    takes a lock)."""
+    its media is added to the metrics every FLUSH_SECONDS and at the end (a metric takes a
+    lock: not one per message)."""
 
     may_block = False
 
@@ -80,15 +80,11 @@ class Metrics(Handler):
         super().__init__(config)
         OPEN_STREAMS.inc()
         self.flushed = {}  # track -> (messages, audio bytes) already in the metrics
-        self.unflushed = 0
+        self.flushing = None  # the timer
 
     def start(self, stream, event):
         STREAMS_STARTED.inc()
-
-    def media(self, stream, chunk):
-        self.unflushed += 1
-        if self.unflushed >= FLUSH_EVERY:
-            self._flush(stream)
+        self.flushing = every(FLUSH_SECONDS, self._flush, stream)
 
     def gap(self, stream, event, lost_messages, lost_chunks):
         if lost_messages:
@@ -100,6 +96,8 @@ class Metrics(Handler):
         BAD_MESSAGES.inc()
 
     def end(self, stream, ended_by):
+        if self.flushing:
+            self.flushing.close()
         self._flush(stream)
         if stream.talkback is not None and stream.talkback.seconds_sent:
             AUDIO_SENT_SECONDS.inc(stream.talkback.seconds_sent)
@@ -115,7 +113,6 @@ class Metrics(Handler):
                 seconds = (figures.audio_bytes - audio_bytes) / stream.sample_rate
                 AUDIO_SECONDS.labels(track).inc(seconds)
                 self.flushed[track] = figures.messages, figures.audio_bytes
-        self.unflushed = 0
 
 
 def exposition(environ, config):

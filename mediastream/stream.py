@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from mediastream import g711
 from mediastream.messages import BadMessage, Start
 
-PROGRESS_SECONDS = 5.0
-
 log = logging.getLogger("mediastream")
 
 
@@ -41,6 +39,7 @@ class TrackFigures:
 
     messages: int = 0
     audio_bytes: int = 0
+    last_audio: bytes = b""  # its last chunk's mu-law (the live page's level meter)
     chunks: Numbering = field(default_factory=Numbering)
     speech: object = None  # the speech-activity handler's figures for the track, when it runs
 
@@ -69,7 +68,7 @@ class StreamLog(logging.LoggerAdapter):
 class MediaStream:
     """The state of one Media Stream, from its connection to its end."""
 
-    def __init__(self, client, clock=time.monotonic, progress_seconds=PROGRESS_SECONDS):
+    def __init__(self, client, clock=time.monotonic):
         self.client = client
         self.stream_sid = None
         self.call_sid = None
@@ -84,10 +83,8 @@ class MediaStream:
         self.handler_problems = {}  # handler name -> what went wrong, for the summary
         self.log = StreamLog(self)
         self._clock = clock
-        self._progress_seconds = progress_seconds
         self.opened_at = clock()
         self.ended_at = None  # set by ended(): the call's length is not the handlers' time
-        self._next_progress = self.opened_at + progress_seconds
 
     @property
     def name(self):
@@ -130,17 +127,10 @@ class MediaStream:
             figures = self.tracks[media.track] = TrackFigures()
         figures.messages += 1
         figures.audio_bytes += len(media.audio)
+        figures.last_audio = media.audio
         if media.chunk is None:
             media.chunk = figures.chunks.last + 1
         return figures.chunks.advance(media.chunk)
-
-    def progress_due(self):
-        """True once every few seconds of the call, when a progress line is due."""
-        now = self._clock()
-        if now < self._next_progress:
-            return False
-        self._next_progress = now + self._progress_seconds
-        return True
 
     def audio_seconds(self, track):
         """Seconds of audio a track has delivered (mu-law: one byte a sample)."""

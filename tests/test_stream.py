@@ -63,19 +63,6 @@ def test_missing_sequence_numbers_are_counted_once():
     assert stream.missing_sequence_numbers == 3
 
 
-def test_progress_is_due_every_few_seconds():
-    clock = FakeClock()
-    stream = MediaStream("client", clock=clock, progress_seconds=5)
-    assert not stream.progress_due()
-    clock.now += 4.9
-    assert not stream.progress_due()
-    clock.now += 0.2
-    assert stream.progress_due()
-    assert not stream.progress_due()
-    clock.now += 5
-    assert stream.progress_due()
-
-
 def test_duration_runs_from_the_connection_to_its_end():
     clock = FakeClock()
     stream = MediaStream("client", clock=clock)

@@ -77,7 +77,6 @@ class StreamPanel(Panel):
             }
         )
         self.stream = stream
-        self.last_chunk = {}  # track -> its last Media (the meter's level): LiveCalls sets it
 
     @property
     def changes(self):
@@ -90,8 +89,7 @@ class StreamPanel(Panel):
         """What changes all the time, now."""
         now = figures(self.stream)
         for name, track in now["tracks"].items():
-            chunk = self.last_chunk.get(name)
-            track["level"] = level(chunk.audio) if chunk else 0.0
+            track["level"] = level(self.stream.tracks[name].last_audio)
         return {"id": self.stream_sid, **now, "keys": self.keys}
 
 
@@ -297,7 +295,7 @@ class CallBoard:
         self.remote.pop(panel.stream_sid, None)
         panel.summary = summary(panel, ended)
         panel.final = panel.whole()
-        panel.stream = panel.last_chunk = None  # an ended panel keeps figures, not a stream
+        panel.stream = None  # an ended panel keeps its figures, not the stream
         self.ended.appendleft(panel)
         self._tell(panel, "end", panel.final)
 
@@ -382,22 +380,19 @@ BOARD = CallBoard()  # this process's calls (under gunicorn: this worker's)
 
 
 class LiveCalls(Handler):
-    """A handler: puts its stream on the live calls page (/calls, and /phone's panel)."""
+    """A handler: puts its stream on the live calls page (/calls, and /phone's panel). It
+    has nothing to do per media message: the board reads the stream's figures (and each
+    track's last chunk, for the meter) when an update is due."""
 
-    may_block = False  # a message costs it one reference kept; figures are read when due
+    may_block = False
 
     def __init__(self, config, board=BOARD):
         super().__init__(config)
         self.board = board
         self.panel = None
-        self.last_chunk = {}  # track -> its last chunk, the panel's from start on
 
     def start(self, stream, event):
         self.panel = self.board.started(stream, event)
-        self.panel.last_chunk = self.last_chunk
-
-    def media(self, stream, chunk):
-        self.last_chunk[chunk.track] = chunk
 
     def dtmf(self, stream, event):
         if self.panel:
