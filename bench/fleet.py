@@ -20,6 +20,7 @@ figures; it is no test.
 """
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -131,8 +132,6 @@ def fleet(arguments, redis, stub):
 
 def utterance_delays(client, events):
     """ms from each utterance entry's `at` (alpha's clock, this machine's) to its page line."""
-    import json
-
     sent = {}
     for _, fields in client.xrange(STREAM):
         if fields[b"type"] == b"utterance":

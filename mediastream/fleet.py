@@ -31,7 +31,7 @@ from gevent.threadpool import ThreadPool
 
 from mediastream.browser.live import figures
 from mediastream.console import summary_figures
-from mediastream.handlers import Handler
+from mediastream.handlers import Handler, every
 from mediastream.metrics import EVENTS_DROPPED
 from mediastream.threads import caught
 
@@ -82,7 +82,7 @@ class Publisher:
         self.dropped_while_down = 0
         self.open_streams = {}  # stream SID -> stream: their figures go out once a second
         threading.Thread(target=self._run, name="redis-events", daemon=True).start()
-        gevent.spawn(self._publish_figures)
+        every(FIGURES_SECONDS, self._publish_figures)
 
     def publish(self, kind, stream_sid, fields):
         """Queue an entry (from the gevent hub: appends and returns)."""
@@ -94,12 +94,10 @@ class Publisher:
         self.arrived.set()
 
     def _publish_figures(self):
-        """Every open stream's figures, every FIGURES_SECONDS (a greenlet: the streams are
-        the hub's)."""
-        while True:
-            gevent.sleep(FIGURES_SECONDS)
-            for stream_sid, stream in list(self.open_streams.items()):
-                self.publish("figures", stream_sid, figures(stream))
+        """Every open stream's figures (every FIGURES_SECONDS, in the event loop: the
+        streams are the hub's)."""
+        for stream_sid, stream in self.open_streams.items():
+            self.publish("figures", stream_sid, figures(stream))
 
     def _run(self):
         client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=3)
