@@ -54,24 +54,25 @@ from mediastream.websocket import (
 
 # What every stream gets: the console (first, so its summary comes last), its figures in
 # the metrics, WAV files when RECORDINGS_DIR is set, who is speaking unless
-# SPEECH_ACTIVITY=off, what is said when TRANSCRIBE is set (and in it, the KEYWORDS and the
-# sentiment), the live calls page (/calls), the fleet's Redis Stream when REDIS_URL is
-# set, and, when the TwiML asks for it, the caller's echo (mode=echo), a greeting they can
-# talk over (mode=prompt), or a conversation with a model (mode=agent, with AGENT set).
+# SPEECH_ACTIVITY=off; when the TwiML asks for it, the caller's echo (mode=echo), a
+# greeting they can talk over (mode=prompt), or a conversation with a model (mode=agent,
+# with AGENT set), each as soon as speech activity has seen a chunk, and told first that
+# the call ended; what is said when TRANSCRIBE is set (and in it, the KEYWORDS and the
+# sentiment), the live calls page (/calls), the fleet's Redis Stream when REDIS_URL is set.
 # Add your own handlers after these (see mediastream/handlers.py and docs/handlers.md).
 DEFAULT_HANDLERS = (
     Console,
     Metrics,
     Recording,
     SpeechActivity,
+    Echo,
+    Prompt,
+    Agent,
     Transcript,
     Keywords,
     Sentiment,
     LiveCalls,
     FleetEvents,
-    Echo,
-    Prompt,
-    Agent,
 )
 
 

@@ -6,67 +6,81 @@ model (chat.py), each sentence of its answer to the voice (voices.py) as soon as
 model has finished it, and each sentence's audio to the caller as it comes, followed by
 a mark, so that the server knows what the caller has heard (dialogue.py).
 
+Who speaks when is decided in turns.py, with no I/O; this handler only feeds it events
+and does what it returns. It runs in three contexts, all on the hub's thread, never at
+the same moment (none of the state machine's code waits):
+- the stream's reading greenlet: start(), media() (speech began, lasted, ended), mark(),
+  stop(), and finish() when the connection ends;
+- hub callbacks: utterance() and untranscribed(), as the transcript's results come;
+- an answer's own greenlet (`_run`): the model's and the voice's requests, each piece
+  handed to the state machine as it comes. Cancelling an answer kills its greenlet,
+  which closes its connections; anything of it still on its way is dropped (fenced).
+
 - Barge-in: a caller who talks over the answer for BARGE_IN_FRAMES (0.3 s: shorter is a
   cough or a "mhm") stops it: `clear`, the model's stream and the voice cancelled, and
   the history keeps only the words the caller heard.
 - One answer to a whole turn: a caller who goes on speaking before any of the answer has
-  played (a pause mid-sentence), or just as it began (WENT_ON_SECONDS), cancels it; what
-  they say next joins what they said.
+  played (a pause mid-sentence), or just as it began (turns.WENT_ON_SECONDS), cancels it;
+  what they say next joins what they said.
+- The greeting always plays: a caller who speaks first ("Hello?") hears it when they stop.
+- No dead air: words that could not be transcribed get "Sorry, I didn't catch that.";
+  a model that fails, or anything else that goes wrong in an answer, gets an apology, with
+  one line per stream and kind. The call goes on.
 - Each answer's timing, from the end of the caller's speech, is a console line and the
   mediastream_agent_seconds histogram, per stage: end of turn (speech activity saw the
   pause), transcript, first token, first sentence, first audio (voice to voice).
-- A model or voice that fails gets one WARNING per stream and kind; after a model's
-  failure the caller hears a short apology. The call goes on.
 """
 
 import functools
 import logging
 import statistics
 import time
-from dataclasses import dataclass, field
 
 import gevent
 
 from mediastream.apiclient import ServiceFailed
-from mediastream.chat import load_model
+from mediastream.chat import history_tokens, load_model
 from mediastream.console import counted
-from mediastream.dialogue import Conversation, Playback, Sentences
 from mediastream.engines import transcribing
 from mediastream.g711 import CHUNK_MS, CHUNK_SECONDS, SAMPLE_RATE
 from mediastream.handlers import Handler
+from mediastream.messages import cut
 from mediastream.metrics import AGENT_INTERRUPTIONS, AGENT_SECONDS
 from mediastream.transcript import MIN_FRAMES
+from mediastream.turns import (
+    AnswerFailed,
+    AnswerSent,
+    Begin,
+    CallEnded,
+    Cancel,
+    Clear,
+    CutIn,
+    Heard,
+    MarkPlayed,
+    ModelDone,
+    ModelWrote,
+    NotHeard,
+    Said,
+    SendAudio,
+    SendMark,
+    SentenceSpoken,
+    Speak,
+    SpeechBegan,
+    SpeechEnded,
+    SpeechLasted,
+    Started,
+    Timed,
+    TurnTaking,
+    VoiceAudio,
+    Warn,
+    WentOn,
+)
 from mediastream.voices import load_voice
 
 startup = logging.getLogger("mediastream.startup")
 
 BARGE_IN_FRAMES = MIN_FRAMES  # 0.3 s of the caller's speech over an answer stops it
-WENT_ON_SECONDS = 0.25  # a turn begun this soon after an answer's first audio is no reply
-APOLOGY = "Sorry, I can't answer that right now."
-STAGES = ("end_of_turn", "transcript", "first_token", "first_sentence", "first_audio")
-
-
-@dataclass
-class Turn:
-    """One answer's timing: each stage's seconds after the caller stopped speaking."""
-
-    number: int
-    speech_end: float  # time.monotonic() when the caller's speech ended
-    stages: dict = field(default_factory=dict)
-
-    def reached(self, stage, seconds=None):
-        """Note a stage (the first time only), now or `seconds` after the speech end."""
-        if seconds is None:
-            seconds = time.monotonic() - self.speech_end
-        self.stages.setdefault(stage, seconds)
-
-    def line(self):
-        stages = ", ".join(
-            f"{stage.replace('_', ' ')} {self.stages[stage]:.2f}"
-            for stage in STAGES
-            if stage in self.stages
-        )
-        return f"turn {self.number}: voice to voice {self.stages['first_audio']:.2f} s ({stages})"
+ERROR_CHARACTERS = 160  # of an unexpected error's message, in its line
 
 
 @functools.cache
@@ -87,8 +101,21 @@ def load_agent(config):
         why = "; ".join(missing)
         startup.warning("AGENT=%s, but %s: mode=agent streams get no answer", config.agent, why)
         return None, why
-    startup.info("agent: model %s; voice %s", model.name, voice.name)
+    startup.info(
+        "agent: model %s; voice %s; history up to %d tokens",
+        model.name,
+        voice.name,
+        history_tokens(config),
+    )
     return model, voice
+
+
+class _VoiceFailed(Exception):
+    """The voice's ServiceFailed, told apart from the model's."""
+
+    def __init__(self, failure):
+        super().__init__(str(failure))
+        self.kind = failure.kind
 
 
 class Agent(Handler):
@@ -103,17 +130,13 @@ class Agent(Handler):
 
     def __init__(self, config):
         super().__init__(config)
-        self.conversation = Conversation(config.agent_prompt)
-        self.playback = None  # the answer under way, until it has played or been cut
-        self.answering = None  # the greenlet that asks the model and the voice for it
-        self.unanswered = False  # the caller's last words lost their answer to a pause
-        self.last_turn = None  # the caller's last finished turn, as speech activity saw it
-        self.turn_ended = None  # (speech end frame, seconds after it the turn ended)
-        self.voice_to_voice = []  # seconds, each answered turn
-        self.interruptions = 0
-        self.marks = 0
-        self.warned = set()
-        self.talking = False  # a mode=agent stream, with a model and a voice
+        self.turns = None  # the state machine, on a mode=agent stream with a model
+        self.answering = {}  # answer -> its greenlet
+        self.turn = None  # the caller's turn under way, as speech activity saw it
+        self.lasted = False  # that turn is long enough to be a barge-in
+        self.last_turn = None  # their last finished turn
+
+    # The reading greenlet ----------------------------------------------------------------
 
     def start(self, stream, event):
         self.active = stream.mode == "agent"
@@ -124,124 +147,181 @@ class Agent(Handler):
             stream.log.warning("agent: mode=agent, but %s: nobody answers", found[1])
             self.active = False
             return
-        self.talking = True
-        self._answer(stream, None)  # the greeting
+        self.turns = TurnTaking(
+            self.config.agent_prompt, self.config.agent_greeting, history_tokens(self.config)
+        )
+        self._handle(stream, Started())
 
     def media(self, stream, chunk):
+        """Speech activity's view of the caller, as the state machine's events: their
+        speech began, lasted long enough to cut in, ended."""
         if chunk.track != "inbound":
             return
         speech = stream.tracks["inbound"].speech
         if speech is None:
             return
+        now = time.monotonic()
         if speech.last_turn is not self.last_turn:
-            self._caller_paused(stream, chunk, speech.last_turn)
+            self.last_turn = start, end = speech.last_turn
+            self.turn = None
+            ago = (chunk.chunk - end) * CHUNK_SECONDS
+            words = end - start >= MIN_FRAMES
+            self._handle(stream, SpeechEnded(now, now - ago, end, words))
         turn = speech.turn
-        if turn is None or self.playback is None:
+        if turn is None:
             return
-        if not self.playback.audible:  # they go on: answer the whole turn, later
-            self._cancel()
-        elif self._began_with_the_answer(chunk, turn):
-            self._went_on(stream)
-        elif chunk.chunk - turn[0] >= BARGE_IN_FRAMES:
-            self._interrupt(stream, cleared_ms=(chunk.chunk - 1 - turn[0]) * CHUNK_MS)
-
-    def utterance(self, stream, utterance):
-        if utterance.track != "inbound" or stream.stopped or stream.ended_at is not None:
-            return  # (the last utterances come as the stream ends: nobody is listening)
-        if self.playback is not None:
-            if self.playback.audible:
-                self._interrupt(stream)
-            else:
-                self._cancel()
-        if utterance.text:
-            self.conversation.caller_said(utterance.text)
-        elif not self.unanswered:
-            return  # noise, transcribed as nothing
-        if stream.tracks["inbound"].speech.turn is not None:
-            self.unanswered = True  # they already go on: answer all of it when they stop
-            return
-        self.unanswered = False
-        turn = Turn(len(self.voice_to_voice) + 1, time.monotonic() - utterance.latency)
-        if self.turn_ended and self.turn_ended[0] == round(utterance.end / CHUNK_SECONDS):
-            turn.reached("end_of_turn", self.turn_ended[1])
-        turn.reached("transcript", utterance.latency)
-        self._answer(stream, turn)
+        spoken = chunk.chunk - 1 - turn[0]  # frames since their speech began
+        if turn[0] != self.turn:
+            self.turn, self.lasted = turn[0], False
+            self._handle(stream, SpeechBegan(now - spoken * CHUNK_SECONDS))
+        if not self.lasted and spoken + 1 >= BARGE_IN_FRAMES:
+            self.lasted = True
+            self._handle(stream, SpeechLasted(now, spoken * CHUNK_MS))
 
     def mark(self, stream, event):
-        if self.playback is not None and event.played:
-            self.playback.played(event.name, time.monotonic())
-            self._done_if_played(stream, self.playback)
+        if self.turns is not None and event.played:
+            self._handle(stream, MarkPlayed(time.monotonic(), event.name))
+
+    def stop(self, stream, event):
+        self._call_ended(stream)
+
+    def finish(self, stream):
+        self._call_ended(stream)  # (a connection that dropped, without a stop)
 
     def end(self, stream, ended_by):
-        if not self.talking:
+        if self.turns is None:
             return
-        if self.answering is not None:
-            self.answering.kill(block=False)
-        median = statistics.median(self.voice_to_voice) if self.voice_to_voice else 0.0
+        turns = self.turns
+        median = statistics.median(turns.voice_to_voice) if turns.voice_to_voice else 0.0
+        dropped = turns.history.dropped
         stream.log.info(
-            "agent: %s, voice to voice median %.2f s; interrupted %s",
-            counted(len(self.voice_to_voice), "turn"),
+            "agent: %s, voice to voice median %.2f s; interrupted %s%s",
+            counted(len(turns.voice_to_voice), "turn"),
             median,
-            counted(self.interruptions, "time"),
+            counted(turns.interruptions, "time"),
+            f"; {counted(dropped, 'early turn')} left out of the history" if dropped else "",
             extra={
                 "figures": {
-                    "turns": len(self.voice_to_voice),
+                    "turns": len(turns.voice_to_voice),
                     "voice_to_voice_median": round(median, 3),
-                    "interruptions": self.interruptions,
+                    "interruptions": turns.interruptions,
+                    "history_turns_dropped": dropped,
                 }
             },
         )
 
-    # The caller's turns ------------------------------------------------------------
+    # Hub callbacks: the transcript's results -------------------------------------------
 
-    def _caller_paused(self, stream, chunk, last_turn):
-        """Speech activity ended a turn of the caller's: note when (its utterance comes
-        later, once transcribed); a short one that cut in before an answer began (a
-        cough) brings no utterance, so the answer it cancelled starts again."""
-        self.last_turn = last_turn
-        start, end = last_turn
-        self.turn_ended = end, (chunk.chunk - end) * CHUNK_SECONDS
-        if self.unanswered and end - start < MIN_FRAMES and self.playback is None:
-            self.unanswered = False
-            speech_end = time.monotonic() - self.turn_ended[1]
-            self._answer(stream, Turn(len(self.voice_to_voice) + 1, speech_end))
+    def utterance(self, stream, utterance):
+        if self.turns is not None and utterance.track == "inbound":
+            end_frame = round(utterance.end / CHUNK_SECONDS)
+            now = time.monotonic()
+            self._handle(stream, Heard(now, utterance.text, end_frame, utterance.latency))
 
-    def _cancel(self):
-        """Drop an answer of which nothing has played yet."""
-        self.answering.kill(block=False)
-        self.answering = self.playback = None
-        self.unanswered = True
+    def untranscribed(self, stream, utterance):
+        if self.turns is not None and utterance.track == "inbound":
+            self._handle(stream, NotHeard(time.monotonic(), utterance.problem))
 
-    def _began_with_the_answer(self, chunk, turn):
-        """Whether the caller's turn began as the answer did (too soon to be a reply to
-        it: they had paused, and went on) and the answer is to their words."""
-        began = time.monotonic() - (chunk.chunk - 1 - turn[0]) * CHUNK_SECONDS
-        first_audio = self.playback.pieces[0].sent_at
-        answering_them = self.conversation.messages[-1]["role"] == "user"
-        return answering_them and began <= first_audio + WENT_ON_SECONDS
+    # An answer's greenlet ----------------------------------------------------------------
 
-    def _went_on(self, stream):
-        """The caller went on with their turn as its answer began: stop the answer and
-        forget it (one answer to the whole turn comes once they stop)."""
-        stream.talkback.clear()
-        self._cancel()
-        if self.voice_to_voice:
-            self.voice_to_voice.pop()  # that turn is not answered yet
+    def _run(self, stream, answer):
+        """Make one answer: ask the model (or speak its script), a sentence at a time. A
+        failure is said once, and the state machine may have the apology spoken."""
+        failed = self._attempt(stream, answer, self._make)
+        while failed is not None:  # (the apology, and only a voice that works says it)
+            failed = self._attempt(stream, answer, self._do, self.turns.handle(failed))
+        self._do(stream, self.turns.handle(AnswerSent(answer)))
+        self.answering.pop(answer, None)
+
+    def _make(self, stream, answer):
+        if answer.script is not None:
+            self._speak(stream, answer, answer.script)
+            return
+        for text in self.model.stream(answer.messages):
+            self._do(stream, self.turns.handle(ModelWrote(answer, time.monotonic(), text)))
+        self._do(stream, self.turns.handle(ModelDone(answer)))
+
+    def _attempt(self, stream, answer, work, *args):
+        """work(stream, answer or *args); None, or the AnswerFailed that says what failed."""
+        try:
+            work(stream, *(args or (answer,)))
+        except _VoiceFailed as failure:
+            return AnswerFailed(answer, "the voice", failure.kind, str(failure))
+        except ServiceFailed as failure:
+            return AnswerFailed(answer, "the model", failure.kind, str(failure))
+        except Exception as error:  # a bug, or an answer nobody foresaw: still one line
+            message = cut(f"{type(error).__name__}: {error}", ERROR_CHARACTERS)
+            return AnswerFailed(answer, "the answer", type(error).__name__, message)
+        return None
+
+    def _speak(self, stream, answer, text):
+        """One sentence to the caller, as its audio comes, then its mark."""
+        try:
+            for pcm in self.voice.speak(text):
+                if pcm:
+                    seconds = len(pcm) / 2 / SAMPLE_RATE
+                    event = VoiceAudio(answer, time.monotonic(), text, pcm, seconds)
+                    self._do(stream, self.turns.handle(event))
+        except ServiceFailed as failure:
+            raise _VoiceFailed(failure) from None
+        self._do(stream, self.turns.handle(SentenceSpoken(answer)))
+
+    # Doing what the state machine says ------------------------------------------------
+
+    def _handle(self, stream, event):
+        self._do(stream, self.turns.handle(event))
+
+    def _call_ended(self, stream):
+        if self.turns is not None:
+            self._handle(stream, CallEnded())
+
+    def _do(self, stream, actions):
+        for action in actions:
+            match action:
+                case SendAudio(pcm):
+                    stream.talkback.audio(pcm=pcm)
+                case SendMark(name):
+                    stream.talkback.mark(name)
+                case Speak(answer, text):  # (only ever from the answer's own greenlet)
+                    self._speak(stream, answer, text)
+                case Begin(answer):
+                    self.answering[answer] = gevent.spawn(self._run, stream, answer)
+                case Cancel(answer):
+                    greenlet = self.answering.pop(answer, None)
+                    if greenlet is not None:
+                        greenlet.kill(block=False)  # its requests close as it wakes
+                case Clear():
+                    stream.talkback.clear()
+                case Timed(timing):
+                    self._timed(stream, timing)
+                case CutIn(heard, said, cleared_ms):
+                    self._cut_in(stream, heard, said, cleared_ms)
+                case WentOn(greeting):
+                    stream.log.info(
+                        "agent: the caller went on with their turn as the %s began; cleared, %s",
+                        "greeting" if greeting else "answer",
+                        "it plays when they stop" if greeting else "their next words join it",
+                    )
+                case Said(text):
+                    stream.log.info('agent said: "%s"', text)
+                case Warn(service, message):
+                    level = logging.ERROR if service == "the answer" else logging.WARNING
+                    stream.log.log(
+                        level, "agent: %s failed: %s (the call goes on)", service, message
+                    )
+
+    def _timed(self, stream, timing):
+        for stage, seconds in timing.stages.items():
+            AGENT_SECONDS.labels(stage).observe(seconds)
         stream.log.info(
-            "agent: the caller went on with their turn as the answer began; cleared, "
-            "their next words join it"
+            "agent: %s",
+            timing.line(),
+            extra={"figures": {stage: round(s, 3) for stage, s in timing.stages.items()}},
         )
 
-    def _interrupt(self, stream, cleared_ms=None):
-        """Barge-in: stop the answer; the history keeps what the caller heard of it."""
-        stream.talkback.clear()
-        self.answering.kill(block=False)
-        heard = self.playback.heard(time.monotonic())
-        self.conversation.answered(heard)
-        self.interruptions += 1
+    def _cut_in(self, stream, heard, said, cleared_ms):
         AGENT_INTERRUPTIONS.inc()
         when = f"; cleared {cleared_ms} ms after their first word" if cleared_ms is not None else ""
-        said = self.playback.text()
         stream.log.info(
             'barge-in: the caller talked over the agent%s; they heard %d of %d words: "%s"',
             when,
@@ -249,90 +329,3 @@ class Agent(Handler):
             len(said.split()),
             heard,
         )
-        self.answering = self.playback = None
-
-    # The answer ----------------------------------------------------------------------
-
-    def _answer(self, stream, turn):
-        """Answer the conversation so far (or, with no turn, say the greeting)."""
-        self.playback = Playback()
-        self.answering = gevent.spawn(self._speak_answer, stream, self.playback, turn)
-
-    def _speak_answer(self, stream, playback, turn):
-        if turn is None:
-            self._say(stream, playback, self.config.agent_greeting, None)
-        else:
-            try:
-                for sentence in self._sentences(turn):
-                    if not self._say(stream, playback, sentence, turn):
-                        break
-            except ServiceFailed as failure:
-                self._warn(stream, "the model", failure)
-                self._say(stream, playback, APOLOGY, turn)
-        playback.complete = True
-        self._done_if_played(stream, playback)
-
-    def _sentences(self, turn):
-        """The model's answer, a sentence at a time, as it writes it."""
-        sentences = Sentences()
-        for text in self.model.stream(self.conversation.messages):
-            turn.reached("first_token")
-            for sentence in sentences.add(text):
-                turn.reached("first_sentence")
-                yield sentence
-        for sentence in sentences.finish():
-            turn.reached("first_sentence")
-            yield sentence
-
-    def _say(self, stream, playback, text, turn):
-        """One sentence to the caller, as its audio comes, then its mark; False if the
-        voice failed."""
-        began = False
-        try:
-            for pcm in self.voice.speak(text):
-                if not pcm:
-                    continue
-                if not began:
-                    began = True
-                    playback.begin_piece(text, time.monotonic())
-                    if turn is not None and "first_audio" not in turn.stages:
-                        self._first_audio(stream, turn)
-                stream.talkback.audio(pcm=pcm)
-                playback.add_audio(len(pcm) / 2 / SAMPLE_RATE)
-        except ServiceFailed as failure:
-            self._warn(stream, "the voice", failure)
-            spoke = False
-        else:
-            spoke = True
-        if began:
-            self.marks += 1
-            mark = f"agent-{self.marks}"
-            stream.talkback.mark(mark)
-            playback.end_piece(mark)
-        return spoke
-
-    def _first_audio(self, stream, turn):
-        turn.reached("first_audio")
-        self.voice_to_voice.append(turn.stages["first_audio"])
-        for stage, seconds in turn.stages.items():
-            AGENT_SECONDS.labels(stage).observe(seconds)
-        stream.log.info(
-            "agent: %s",
-            turn.line(),
-            extra={"figures": {stage: round(s, 3) for stage, s in turn.stages.items()}},
-        )
-
-    def _done_if_played(self, stream, playback):
-        """An answer sent whole and played to its end goes into the history whole."""
-        if playback is not self.playback or not playback.complete or not playback.all_played:
-            return
-        said = playback.text()
-        self.conversation.answered(said)
-        if said:
-            stream.log.info('agent said: "%s"', said)
-        self.answering = self.playback = None
-
-    def _warn(self, stream, service, failure):
-        if (service, failure.kind) not in self.warned:
-            self.warned.add((service, failure.kind))
-            stream.log.warning("agent: %s failed: %s (the call goes on)", service, failure)

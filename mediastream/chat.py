@@ -24,6 +24,12 @@ TIMEOUT = 15.0  # seconds the model may go without sending anything
 MAX_TOKENS = 200  # an answer on the phone is a few sentences
 LOCAL_CONTEXT = 4096  # tokens of conversation the embedded model keeps, for all its slots
 LOCAL_SLOTS = 2  # answers it writes at once (more wait their turn)
+# The history sent with each request (AGENT_HISTORY), in tokens: the embedded model's
+# share of its context less an answer and a margin for the rough count (dialogue.tokens);
+# for a server, what fits the smallest contexts served today (Ollama's 4,096) with room
+# for the answer: about twenty minutes of talk.
+LOCAL_HISTORY = LOCAL_CONTEXT // LOCAL_SLOTS - MAX_TOKENS - 300
+REMOTE_HISTORY = 3000
 
 
 class ChatModel:
@@ -71,6 +77,13 @@ def _content(data, key):
         raise ServiceFailed(
             "bad answer", f"not a chat completion: {cut(data, MESSAGE_CHARACTERS)}"
         ) from None
+
+
+def history_tokens(config):
+    """How many tokens of history go with each request (AGENT_HISTORY, or the default)."""
+    if config.agent_history:
+        return config.agent_history
+    return LOCAL_HISTORY if config.agent == "local" else REMOTE_HISTORY
 
 
 @functools.cache

@@ -49,6 +49,7 @@ class Config:
     agent_api_key: str | None = field(default=None, repr=False)  # a secret: never shown
     agent_prompt: str = DEFAULT_PROMPT
     agent_greeting: str = "Hello! How can I help you today?"
+    agent_history: int | None = None  # tokens of history a request carries (default: chat.py)
     speak: str | None = None  # "local", or a speech server's http(s):// base
     speak_model: str = "tts-1"
     speak_voice: str = "alloy"
@@ -107,6 +108,7 @@ class Config:
             agent_api_key=environ.get("AGENT_API_KEY") or None,
             agent_prompt=environ.get("AGENT_PROMPT") or cls.agent_prompt,
             agent_greeting=(environ.get("AGENT_GREETING") or "").strip() or cls.agent_greeting,
+            agent_history=_positive(environ.get("AGENT_HISTORY"), "AGENT_HISTORY", int, None),
             speak=_service(environ.get("SPEAK"), "SPEAK", "a speech server"),
             speak_model=(environ.get("SPEAK_MODEL") or "").strip() or cls.speak_model,
             speak_voice=(environ.get("SPEAK_VOICE") or "").strip() or cls.speak_voice,

@@ -27,24 +27,65 @@ MARKUP = re.compile(r"[*_#`~]+|\[|\]\([^)]*\)")  # markdown a voice would read o
 
 
 class Conversation:
-    """The messages of one call, as a chat completions API takes them."""
+    """The messages of one call, as a chat completions API takes them, kept within a
+    budget of tokens: the oldest turns go first, whole; the head (the system prompt, the
+    caller's words before the greeting, and the greeting) stays."""
 
-    def __init__(self, prompt):
+    def __init__(self, prompt, budget):
         self.messages = [{"role": "system", "content": prompt}]
+        self.budget = budget
+        self.head = 1  # how many of the first messages are never dropped
+        self.dropped = 0  # turns dropped to keep within the budget
 
-    def caller_said(self, text):
-        """A caller's turn: a user message, or more of the last one if nothing was
-        answered to it."""
+    def caller_said(self, text, joins=False):
+        """A caller's turn: a user message, or more of the last one when `joins` (nothing
+        of an answer to it was heard: they went on)."""
         last = self.messages[-1]
-        if last["role"] == "user":
+        if joins and last["role"] == "user":
             last["content"] = f"{last['content']} {text}"
         else:
             self.messages.append({"role": "user", "content": text})
 
-    def answered(self, heard):
-        """What the caller heard of an answer (nothing: it is not in the history)."""
-        if heard:
-            self.messages.append({"role": "assistant", "content": heard})
+    def opened_with(self, text):
+        """The caller's words before the greeting: in the head, before it."""
+        if self.head > 1 and self.messages[self.head - 1]["role"] == "user":
+            self.messages[self.head - 1]["content"] += f" {text}"
+            return
+        self.messages.insert(self.head, {"role": "user", "content": text})
+        self.head += 1
+
+    def answered(self, heard, greeting=False):
+        """What the caller heard of an answer (nothing: it is not in the history); the
+        greeting goes in the head."""
+        if not heard:
+            return
+        message = {"role": "assistant", "content": heard}
+        if greeting:
+            self.messages.insert(self.head, message)
+            self.head += 1
+        else:
+            self.messages.append(message)
+
+    def for_model(self):
+        """The messages to send, after dropping the oldest turns past the budget (never
+        the head, never the last turn)."""
+        while sum(map(tokens, self.messages)) > self.budget:
+            starts = [
+                n
+                for n in range(self.head + 1, len(self.messages))
+                if self.messages[n]["role"] == "user" and self.messages[n - 1]["role"] != "user"
+            ]
+            if not starts:
+                break
+            del self.messages[self.head : starts[0]]
+            self.dropped += 1
+        return list(self.messages)
+
+
+def tokens(message):
+    """A message's size in tokens, roughly: English runs about 4 characters a token, and
+    a chat template adds a few a message."""
+    return len(message["content"]) // 4 + 4
 
 
 class Sentences:
@@ -103,6 +144,7 @@ class Piece:
 
     text: str
     sent_at: float  # when its first audio was sent
+    remembered: bool = True  # the model's words (or the greeting): they go in the history
     seconds: float = 0.0  # of audio sent so far
     mark: str | None = None  # sent after its last audio
     played_at: float | None = None  # when its mark came back played
@@ -124,8 +166,8 @@ class Playback:
     def all_played(self):
         return all(piece.played_at is not None for piece in self.pieces)
 
-    def begin_piece(self, text, now):
-        self.pieces.append(Piece(text, now))
+    def begin_piece(self, text, now, remembered=True):
+        self.pieces.append(Piece(text, now, remembered))
 
     def add_audio(self, seconds):
         self.pieces[-1].seconds += seconds
@@ -138,22 +180,29 @@ class Playback:
             if piece.mark == mark:
                 piece.played_at = now
 
-    def text(self):
-        return " ".join(piece.text for piece in self.pieces)
+    @property
+    def open(self):
+        """Whether its last piece has had audio and no mark yet."""
+        return bool(self.pieces) and self.pieces[-1].mark is None
 
-    def heard(self, now):
+    def text(self, remembered=False):
+        """All it said; with `remembered`, only what goes in the history."""
+        return " ".join(p.text for p in self.pieces if p.remembered or not remembered)
+
+    def heard(self, now, remembered=False):
         """The words the caller has heard by `now`: the pieces played, and of the one
-        playing, the words its time played so far covers."""
+        playing, the words its time played so far covers; with `remembered`, only of the
+        pieces that go in the history."""
         words = []
         previous_end = None
         for piece in self.pieces:
             if piece.played_at is not None:
-                words.append(piece.text)
+                words.append(piece.text if piece.remembered or not remembered else "")
                 previous_end = piece.played_at
                 continue
             # It began playing when it was sent, or when the piece before it ended.
             started = max(piece.sent_at, previous_end or piece.sent_at)
-            if piece.seconds:
+            if piece.seconds and (piece.remembered or not remembered):
                 words.append(words_within(piece.text, (now - started) / piece.seconds))
             break
         return " ".join(word for word in words if word)

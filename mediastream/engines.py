@@ -9,24 +9,28 @@ out, off the socket-reading path.
   LocalAI, or a hosted service. Each utterance goes as a WAV in one multipart POST to
   `{base}/audio/transcriptions`, over kept-alive connections, with a timeout.
 
-Both run the work in a thread pool shared by every stream, at most
-TRANSCRIBE_CONCURRENCY at a time, and bound the audio waiting for them: past
-TRANSCRIBE_BACKLOG_SECONDS, submit() says no and the caller skips the utterance.
+Both work off the reading greenlets, shared by every stream, at most
+TRANSCRIBE_CONCURRENCY at a time (Whisper in a thread pool; requests to a server in
+greenlets, on the agent's HTTP client, apiclient.py), and bound the audio waiting for
+them: past TRANSCRIBE_BACKLOG_SECONDS, submit() says no and the caller skips the
+utterance.
 """
 
 import functools
 import io
 import logging
 import os
-import threading
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+import gevent
+import orjson
+from gevent.lock import BoundedSemaphore
 from gevent.threadpool import ThreadPool
 
-from mediastream.apiclient import MESSAGE_CHARACTERS, ServiceFailed, error_message
+from mediastream.apiclient import CONNECT_TIMEOUT, MESSAGE_CHARACTERS, ServiceFailed, post_form
+from mediastream.apiclient import request as http_request
 from mediastream.g711 import SAMPLE_RATE
 from mediastream.messages import cut
 from mediastream.threads import caught
@@ -34,14 +38,12 @@ from mediastream.threads import caught
 startup = logging.getLogger("mediastream.startup")
 
 REMOTE_CONCURRENCY = 4  # requests at a time to a transcription server, per process
-CONNECT_TIMEOUT = 3.05  # seconds to connect to it (its answer has TRANSCRIBE_TIMEOUT)
 
 
 class Engine:
-    """The threads that transcribe, and the bound on the audio waiting for them."""
+    """The bound on the audio waiting to be transcribed; `_start` runs the work."""
 
-    def __init__(self, concurrency, backlog_seconds):
-        self.pool = ThreadPool(concurrency)
+    def __init__(self, backlog_seconds):
         self.backlog_seconds = backlog_seconds
         self.waiting_seconds = 0.0  # audio submitted and not yet transcribed
 
@@ -52,15 +54,19 @@ class Engine:
         if self.waiting_seconds + seconds > self.backlog_seconds:
             return None
         self.waiting_seconds += seconds
-        result = self.pool.spawn(caught, self.transcribe, (pcm,), ServiceFailed)
+        result = self._start(pcm)
         result.rawlink(lambda _: self._done(seconds))
         return result
 
     def _done(self, seconds):
         self.waiting_seconds -= seconds
 
+    def _start(self, pcm):
+        """An AsyncResult (or Greenlet) of self.transcribe(pcm), off the reading greenlets."""
+        raise NotImplementedError
+
     def transcribe(self, pcm):
-        """In a pool thread: the text of an utterance, or ServiceFailed."""
+        """The text of an utterance, or ServiceFailed."""
         raise NotImplementedError
 
 
@@ -118,8 +124,12 @@ class LocalEngine(Engine):
     releases the GIL)."""
 
     def __init__(self, model, concurrency, backlog_seconds):
-        super().__init__(concurrency, backlog_seconds)
+        super().__init__(backlog_seconds)
+        self.pool = ThreadPool(concurrency)
         self.model = model
+
+    def _start(self, pcm):
+        return self.pool.spawn(caught, self.transcribe, (pcm,), ServiceFailed)
 
     def transcribe(self, pcm):
         return transcribe(self.model, pcm)
@@ -180,53 +190,32 @@ def wav_bytes(pcm):
 class RemoteEngine(Engine):
     """POST {base}/audio/transcriptions for each utterance: a WAV of the call's own audio,
     16-bit PCM at 8000 Hz (what the phone carried, in the fewest bytes; the server
-    resamples it as its model needs)."""
+    resamples it as its model needs). Each request is a greenlet (it only waits on the
+    network), at most `concurrency` at once."""
 
     def __init__(self, base, model, api_key, timeout, concurrency, backlog_seconds):
-        super().__init__(concurrency, backlog_seconds)
+        super().__init__(backlog_seconds)
         self.url = f"{base}/audio/transcriptions"
         self.model = model
+        self.api_key = api_key
         self.timeout = timeout
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._local = threading.local()  # a session per pool thread: kept-alive connections
+        self.slots = BoundedSemaphore(concurrency)
+
+    def _start(self, pcm):
+        return gevent.spawn(caught, self.transcribe, (pcm,), ServiceFailed)
 
     def transcribe(self, pcm):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
+        fields = {"model": self.model, "response_format": "json"}
+        files = {"file": ("utterance.wav", wav_bytes(pcm), "audio/wav")}
+        with self.slots, post_form(self.url, fields, files, self.api_key, self.timeout) as answer:
+            body = answer.read()
         try:
-            response = session.post(
-                self.url,
-                files={"file": ("utterance.wav", wav_bytes(pcm), "audio/wav")},
-                data={"model": self.model, "response_format": "json"},
-                headers=self.headers,
-                timeout=(CONNECT_TIMEOUT, self.timeout),
-            )
-        except requests.Timeout:
-            raise ServiceFailed("timeout", f"no answer within {self.timeout:g} s") from None
-        except requests.ConnectionError as error:
-            raise ServiceFailed(*_connection_problem(error)) from None
-        if response.status_code != 200:
-            raise ServiceFailed(
-                f"HTTP {response.status_code}",
-                f"HTTP {response.status_code} {response.reason}: {error_message(response.text)}",
-            )
-        try:
-            return response.json()["text"].strip()
+            return orjson.loads(body)["text"].strip()
         except (ValueError, KeyError, TypeError, AttributeError):
+            text = body.decode("utf-8", "replace")
             raise ServiceFailed(
-                "bad answer", f"not a transcription: {cut(response.text, MESSAGE_CHARACTERS)}"
+                "bad answer", f"not a transcription: {cut(text, MESSAGE_CHARACTERS)}"
             ) from None
-
-
-def _connection_problem(error):
-    """(kind, message) of a request that got no HTTP answer."""
-    text = str(error)
-    if "Connection refused" in text:
-        return "refused", "connection refused (is the transcription server running?)"
-    if "RemoteDisconnected" in text or "Connection aborted" in text:
-        return "connection lost", "the server closed the connection without an answer"
-    return "no connection", cut(text, MESSAGE_CHARACTERS)
 
 
 def load_remote(base, model, api_key, timeout, concurrency, backlog_seconds):
@@ -234,15 +223,14 @@ def load_remote(base, model, api_key, timeout, concurrency, backlog_seconds):
     nothing (GET {base}/models), said in one line; the server starts either way."""
     base = base.rstrip("/")
     try:
-        response = requests.get(
-            f"{base}/models",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=CONNECT_TIMEOUT,
-        )
-        answered = f"it answered (HTTP {response.status_code})"
-    except requests.RequestException as error:
-        answered = f"it did not answer ({_connection_problem(error)[1]}); utterances are "
-        answered += "skipped until it does"
+        with http_request("GET", f"{base}/models", api_key=api_key, timeout=CONNECT_TIMEOUT) as ok:
+            ok.read()
+        answered = "it answered (HTTP 200)"
+    except ServiceFailed as failure:
+        if failure.kind.startswith("HTTP"):
+            answered = f"it answered ({failure.kind})"
+        else:
+            answered = f"it did not answer ({failure}); utterances are skipped until it does"
     startup.info(
         "transcribing each utterance with %s (model %s), %d at a time: %s",
         base,

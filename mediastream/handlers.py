@@ -42,7 +42,18 @@ from gevent.event import Event
 
 END_WAIT_SECONDS = 2.0
 
-EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop", "gap", "bad_message", "utterance")
+EVENTS = (
+    "connected",
+    "start",
+    "media",
+    "dtmf",
+    "mark",
+    "stop",
+    "gap",
+    "bad_message",
+    "utterance",
+    "untranscribed",
+)
 
 
 class Handler:
@@ -100,6 +111,11 @@ class Handler:
         .start and .end (seconds into the call), .text, .latency (seconds from the end of
         the speech to the text), .keywords (those of KEYWORDS it contains) and .sentiment
         (VADER's compound score, -1 to 1), where those handlers run before yours."""
+
+    def untranscribed(self, stream, utterance):
+        """An utterance the engine could not transcribe (it failed, or was skipped under
+        load), in its place among the utterances: .track, .start, .end as ever, .text
+        empty, and .problem, why."""
 
     def finish(self, stream):
         """For a handler that passes on events of its own and never blocks: the stream has
@@ -185,6 +201,9 @@ class StreamHandlers:
 
     def utterance(self, utterance):
         self._send("utterance", utterance)
+
+    def untranscribed(self, utterance):
+        self._send("untranscribed", utterance)
 
     def _send(self, name, *args):
         for handler, method in self._methods[name]:

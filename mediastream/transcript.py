@@ -20,7 +20,9 @@ ever; an engine that cannot be had is said in one line at startup.
 - It degrades, never stalls: past TRANSCRIBE_BACKLOG_SECONDS of audio waiting for the
   engine (the whole server's), utterances are skipped; an utterance the engine fails on
   (a transcription server down, slow, refusing) is skipped too. Each is counted, with one
-  WARNING per stream and kind; the call streams and records as ever."""
+  WARNING per stream and kind, and passed on in its place to every handler's
+  untranscribed() (the agent tells its caller it did not catch that); the call streams
+  and records as ever."""
 
 import json
 import logging
@@ -29,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import gevent
 from gevent import GreenletExit
+from gevent.event import AsyncResult
 
 from mediastream.apiclient import ServiceFailed
 from mediastream.console import counted
@@ -69,6 +72,7 @@ class Utterance:
     latency: float  # seconds from the end of the speech to the text
     keywords: list = field(default_factory=list)  # of KEYWORDS, as keywords.Keywords found
     sentiment: float | None = None  # VADER's compound score (-1 to 1), as sentiment.Sentiment
+    problem: str | None = None  # why it has no text, for untranscribed()
 
     def figures(self):
         """For the transcript file and the JSON logs: what is known of it, rounded."""
@@ -226,17 +230,10 @@ class Transcript(Handler):
         result = self._early_result(track, start, end)
         if result is None:
             result = self.engine.submit(pcm)
-        if result is None:
-            self.skipped += 1
-            TRANSCRIBED.labels("skipped").inc()
-            if "backlog" not in self.warned:
-                self.warned.add("backlog")
-                stream.log.warning(
-                    "transcript: over %g s of audio waiting for the engine; skipping "
-                    "utterances (the call goes on)",
-                    self.engine.backlog_seconds,
-                )
-            return
+        if result is None:  # the engine is too far behind: skipped, in its place
+            result = AsyncResult()
+            backlog = f"over {self.engine.backlog_seconds:g} s of audio waiting for the engine"
+            result.set(ServiceFailed("backlog", backlog))
         # When the speech ended, `frames_ago` in real time (speech activity ends a turn
         # only after a pause): the latency of its line counts from there.
         ended_at = time.monotonic() - frames_ago * CHUNK_SECONDS
@@ -250,19 +247,27 @@ class Transcript(Handler):
         guessed, self.guessed = self.guessed, None
         return guessed[1] if guessed and guessed[0] == (start, end) else None
 
-    def _failed(self, stream, problem):
-        """An utterance the engine could not transcribe: skipped, counted, and said once
-        per stream for each kind of failure (an engine that is down fails every one)."""
+    def _failed(self, stream, utterance, problem):
+        """An utterance the engine could not transcribe, or that was skipped: counted,
+        said once per stream for each kind of failure (an engine that is down fails every
+        one), and passed on to the handlers' untranscribed()."""
         self.skipped += 1
-        TRANSCRIBED.labels("failed").inc()
         kind = problem.kind if isinstance(problem, ServiceFailed) else type(problem).__name__
+        TRANSCRIBED.labels("skipped" if kind == "backlog" else "failed").inc()
         if kind not in self.warned:
             self.warned.add(kind)
-            stream.log.warning(
-                "transcript: the engine failed: %s; skipping the utterances it fails on "
-                "(the call goes on)",
-                problem,
-            )
+            if kind == "backlog":
+                stream.log.warning(
+                    "transcript: %s; skipping utterances (the call goes on)", problem
+                )
+            else:
+                stream.log.warning(
+                    "transcript: the engine failed: %s; skipping the utterances it fails on "
+                    "(the call goes on)",
+                    problem,
+                )
+        utterance.problem = str(problem)
+        stream.handlers.untranscribed(utterance)
 
     def _pass_on_ready(self, stream):
         """The transcribed utterances, in the order they were cut: to every handler (the
@@ -270,18 +275,18 @@ class Transcript(Handler):
         while self.pending and self.pending[0][3].ready():
             track, start, end, result, ended_at = self.pending.pop(0)
             text = result.get() if result.successful() else result.exception
-            if isinstance(text, Exception):
-                self._failed(stream, text)
-                continue
-            self.transcribed += 1
-            TRANSCRIBED.labels("transcribed").inc()
             utterance = Utterance(
                 track,
                 start * CHUNK_SECONDS,
                 end * CHUNK_SECONDS,
-                text,
+                "" if isinstance(text, BaseException) else text,
                 latency=time.monotonic() - ended_at,
             )
+            if isinstance(text, BaseException):
+                self._failed(stream, utterance, text)
+                continue
+            self.transcribed += 1
+            TRANSCRIBED.labels("transcribed").inc()
             stream.handlers.utterance(utterance)
             figures = utterance.figures()
             stream.log.info(

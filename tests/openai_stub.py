@@ -2,7 +2,7 @@
 agent's tests, bench/agent.py and bench/fleet.py: answers at once (or after the delays it
 is told), or fails as told.
 
-    python tests/openai_stub.py [--port N]      prints "listening on 127.0.0.1:N"
+    python tests/openai_stub.py [--port N] [--tls CERT KEY]   prints "listening on 127.0.0.1:N"
 
 - POST /v1/chat/completions, stream: true: Server-Sent Events, a word a chunk, of the
   answer "You said: <the caller's last words>." and FILLER; each request is kept for
@@ -10,15 +10,23 @@ is told), or fails as told.
 - POST /v1/audio/speech: the input as 16-bit PCM at 24 kHz (`pcm`) or a WAV (`wav`):
   WORD_SECONDS of a voice-like hum per word, so that what was heard can be told in words.
 - POST /v1/audio/transcriptions: TRANSCRIPT, whatever the audio (bench/fleet.py's
-  utterances, without Whisper's CPU).
+  utterances, without Whisper's CPU), or the texts it is told, one a request.
 - POST /control with JSON sets how it behaves from then on: {"chat": {...}, "speech":
-  {...}}, each with "delay" (seconds before the first byte), "status" (an HTTP error with
-  OpenAI's error body), "garbage" (200 with nonsense); {"answer": "..."} sets FILLER.
+  {...}, "transcription": {...}}, each with "delay" (seconds before the first byte),
+  "status" (an HTTP error with OpenAI's error body), "garbage" (200 with nonsense);
+  chat and speech with "pause" (seconds between pieces) and "break_after" (that many
+  pieces, then the connection is dropped); {"answer": "..."} sets FILLER;
+  {"transcripts": [...]} the transcriptions' texts, in turn (then TRANSCRIPT).
+- GET /requests: every chat request; GET /connections: how many connections it has
+  accepted, and each request's kind, when it began and ended, and whether its client
+  hung up before the end ("gone").
+- --tls CERT KEY: HTTPS, with that certificate.
 """
 
 import argparse
 import json
 import math
+import ssl
 import struct
 import sys
 import time
@@ -46,13 +54,20 @@ WORD = hum(0.25) + bytes(2 * int(0.05 * RATE))
 
 
 class Stub:
-    behaviour = {"chat": {}, "speech": {}}
+    behaviour = {"chat": {}, "speech": {}, "transcription": {}}
     answer = FILLER
+    transcripts = []
     requests = []
+    connections = 0
+    served = []  # {"kind", "began", "ended", "gone"} a request
 
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def get_request(self):
+        Stub.connections += 1
+        return super().get_request()
 
     def handle_error(self, request, client_address):
         pass  # a client that hung up mid-answer (the agent, cut off by the caller)
@@ -67,28 +82,45 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/requests":
             self._json(200, Stub.requests)
+        elif self.path == "/connections":
+            self._json(200, {"accepted": Stub.connections, "requests": Stub.served})
         else:
             self._json(200, {"data": [{"id": "stub"}]})
 
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path.endswith("/audio/transcriptions"):
-            return self._json(200, {"text": TRANSCRIPT})
-        body = json.loads(raw or b"{}")
         if self.path == "/control":
-            Stub.behaviour = {"chat": body.get("chat", {}), "speech": body.get("speech", {})}
+            body = json.loads(raw or b"{}")
+            Stub.behaviour = {kind: body.get(kind, {}) for kind in Stub.behaviour}
             Stub.answer = body.get("answer", FILLER)
+            Stub.transcripts = body.get("transcripts", [])
             return self._json(200, {})
-        kind = "chat" if self.path.endswith("/chat/completions") else "speech"
+        if self.path.endswith("/audio/transcriptions"):
+            kind, body = "transcription", {}
+        else:
+            kind = "chat" if self.path.endswith("/chat/completions") else "speech"
+            body = json.loads(raw or b"{}")
         behaviour = Stub.behaviour[kind]
         if kind == "chat":
             Stub.requests.append(body)
+        served = {"kind": kind, "began": time.time(), "ended": None, "gone": False}
+        Stub.served.append(served)
+        try:
+            self._answer(kind, behaviour, body)
+        except OSError:
+            served["gone"] = True  # the client hung up before the end
+        served["ended"] = time.time()
+
+    def _answer(self, kind, behaviour, body):
         time.sleep(behaviour.get("delay", 0))
         if "status" in behaviour:
             error = {"message": f"stub says {behaviour['status']}", "type": "stub_error"}
             return self._json(behaviour["status"], {"error": error})
         if behaviour.get("garbage"):
             return self._stream("text/event-stream", [b"data: this is not JSON\n\n"])
+        if kind == "transcription":
+            text = Stub.transcripts.pop(0) if Stub.transcripts else TRANSCRIPT
+            return self._json(200, {"text": text})
         if kind == "chat":
             return self._chat(body)
         return self._speech(body)
@@ -102,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
             chunk["choices"][0]["delta"]["content"] = word if n == 0 else " " + word
             events.append(f"data: {json.dumps(chunk)}\n\n".encode())
         events.append(b"data: [DONE]\n\n")
-        self._stream("text/event-stream", events, pause=Stub.behaviour["chat"].get("pause", 0))
+        self._stream("text/event-stream", events, Stub.behaviour["chat"])
 
     def _speech(self, body):
         audio = WORD * len(body["input"].split())
@@ -111,17 +143,22 @@ class Handler(BaseHTTPRequestHandler):
             header += struct.pack("<IHHIIHH", 16, 1, 1, RATE, 2 * RATE, 2, 16)
             audio = header + b"data" + struct.pack("<I", len(audio)) + audio
         pieces = [audio[n : n + 4800] for n in range(0, len(audio), 4800)]
-        self._stream("audio/pcm", pieces)
+        self._stream("audio/pcm", pieces, Stub.behaviour["speech"])
 
-    def _stream(self, content_type, pieces, pause=0):
+    def _stream(self, content_type, pieces, behaviour=None):
+        behaviour = behaviour or {}
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for piece in pieces:
+        for n, piece in enumerate(pieces):
+            if n == behaviour.get("break_after"):
+                self.close_connection = True
+                self.connection.shutdown(2)  # dropped mid-answer, as a crashing server would
+                return
             self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.flush()
-            time.sleep(pause)
+            time.sleep(behaviour.get("pause", 0))
         self.wfile.write(b"0\r\n\r\n")
 
     def _json(self, status, value):
@@ -136,8 +173,13 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
-    port = parser.parse_args().port
-    server = Server(("127.0.0.1", port), Handler)
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    arguments = parser.parse_args()
+    server = Server(("127.0.0.1", arguments.port), Handler)
+    if arguments.tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*arguments.tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"listening on 127.0.0.1:{server.server_port}", flush=True)
     try:
         server.serve_forever()

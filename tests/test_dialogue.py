@@ -13,15 +13,17 @@ from mediastream.voices import PhoneAudio, wav_format
 
 
 def test_a_turn_the_caller_goes_on_with_joins_their_last_message():
-    conversation = Conversation("Be brief.")
-    conversation.answered("Hello! How can I help?")
+    conversation = Conversation("Be brief.", 1000)
+    conversation.answered("Hello! How can I help?", greeting=True)
     conversation.caller_said("I would like to book a table")
     conversation.answered("")  # cut before a word of it was heard
-    conversation.caller_said("for two people.")
+    conversation.caller_said("for two people.", joins=True)
+    conversation.caller_said("Hello?")  # a turn of its own (the answer failed)
     assert conversation.messages == [
         {"role": "system", "content": "Be brief."},
         {"role": "assistant", "content": "Hello! How can I help?"},
         {"role": "user", "content": "I would like to book a table for two people."},
+        {"role": "user", "content": "Hello?"},
     ]
 
 
