@@ -2,14 +2,17 @@
 the answer, per stage, as the server logs it and as the caller hears it.
 
     .venv/bin/python bench/agent.py              stand-in model and voice that answer at once
+    .venv/bin/python bench/agent.py --tls        the same stand-ins over HTTPS (loopback)
     .venv/bin/python bench/agent.py --local      the embedded default (requirements-agent.txt)
+    .venv/bin/python bench/agent.py --app ../old/app.py --tls   another checkout's server
 
 Plays tests/fixtures/agent-call.wav (a question; a request with a pause in the middle;
 words spoken over the second answer) into `python app.py` with TRANSCRIBE=local, --calls
 times, one call at a time. The server's share is what the stand-ins (tests/openai_stub.py)
 leave: they answer instantly. Prints each stage's mean and median over the turns, then
 what the caller heard: the first answer audio after each question's end, in what the
-simulator played out as Twilio would.
+simulator played out as Twilio would. With stand-ins, "model and voice" is each turn's
+first audio less its transcript: what the requests to the model and the voice cost.
 """
 
 import argparse
@@ -17,6 +20,7 @@ import json
 import os
 import platform
 import re
+import ssl
 import statistics
 import subprocess
 import sys
@@ -29,12 +33,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mediastream.agent import STAGES  # noqa: E402
+from mediastream.turns import STAGES  # noqa: E402
 
 CALL = REPO / "tests" / "fixtures" / "agent-call.wav"
 QUESTIONS = json.loads((REPO / "tests" / "fixtures" / "agent-call.json").read_text())["sentences"]
 ANSWERED = [0, 2, 3]  # the questions an answer follows (the second is the first half of a turn)
 TURN = re.compile(r"agent: turn \d+: voice to voice [\d.]+ s \((.*)\)")
+TLS = REPO / "tests" / "fixtures" / "tls"  # a self-signed certificate for 127.0.0.1
 
 
 def start(command, environ, pattern, log):
@@ -65,6 +70,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--local", action="store_true", help="the embedded model and voice")
     parser.add_argument("--calls", type=int, default=3, help="calls, one after another")
+    parser.add_argument("--tls", action="store_true", help="the stand-ins over HTTPS")
+    parser.add_argument("--app", default=str(REPO / "app.py"), help="the server to measure")
     arguments = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="agent-bench-"))
     environ = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "TRANSCRIBE": "local"}
@@ -72,19 +79,21 @@ def main():
     if arguments.local:
         environ.update(AGENT="local", SPEAK="local")
     else:
+        tls = ["--tls", str(TLS / "cert.pem"), str(TLS / "key.pem")] if arguments.tls else []
         stub, found = start(
-            [sys.executable, "tests/openai_stub.py"],
+            [sys.executable, "tests/openai_stub.py", *tls],
             environ,
             r"listening on (\S+)",
             open(work / "stub.log", "w"),
         )
-        url = f"http://{found[1]}/v1"
-        environ.update(AGENT=url, SPEAK=url)
+        base = f"{'https' if tls else 'http'}://{found[1]}"
+        environ.update(AGENT=f"{base}/v1", SPEAK=f"{base}/v1", SSL_CERT_FILE=str(TLS / "cert.pem"))
         answer = json.dumps({"answer": "Sure."}).encode()  # short answers: more turns heard out
-        urllib.request.urlopen(f"http://{found[1]}/control", answer, timeout=5).close()
+        trusted = ssl.create_default_context(cafile=TLS / "cert.pem")
+        urllib.request.urlopen(f"{base}/control", answer, timeout=5, context=trusted).close()
     console = open(work / "console.log", "w")
     server, found = start(
-        [sys.executable, "app.py"], environ, r"listening on [\d.]+:(\d+)", console
+        [sys.executable, arguments.app], environ, r"listening on [\d.]+:(\d+)", console
     )
     heard = []
     try:
@@ -104,13 +113,18 @@ def main():
             stub.terminate()
     log = (work / "console.log").read_text()
     stages = {stage: [] for stage in STAGES}
+    requests = []  # each turn's first audio less its transcript
     for match in TURN.finditer(log):
+        turn = {}
         for part in match[1].split(", "):
             name, seconds = part.rsplit(" ", 1)
+            turn[name.replace(" ", "_")] = float(seconds)
             stages[name.replace(" ", "_")].append(float(seconds))
+        requests.append(turn["first_audio"] - turn["transcript"])
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    kind = "embedded default" if arguments.local else "stand-ins answering at once"
     print(
-        f"{'embedded default' if arguments.local else 'stand-ins answering at once'}: "
+        f"{kind}{' over HTTPS' if arguments.tls else ''}, {arguments.app}: "
         f"{arguments.calls} calls, {len(stages['first_audio'])} turns; {cpu[1] if cpu else '?'}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
     )
@@ -119,6 +133,8 @@ def main():
     )
     rows = [(stage.replace("_", " "), values) for stage, values in stages.items()]
     rows.append(("first audio heard by the caller", heard))
+    if not arguments.local:
+        rows.append(("model and voice", requests))
     for name, values in rows:
         if values:
             print(

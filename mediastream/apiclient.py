@@ -129,9 +129,15 @@ class Answer:
             self.connection.close()
 
     def lines(self):
-        """Each line of the body as it arrives, as text without its line end."""
-        while line := self._read(self.response.readline):
-            yield line.decode("utf-8", "replace").rstrip("\r\n")
+        """Each line of the body as it arrives, as text without its line end. (Cut from
+        pieces(): http.client's readline takes a chunked body that breaks off for its end.)"""
+        rest = b""
+        for piece in self.pieces():
+            *lines, rest = (rest + piece).split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", "replace").rstrip("\r")
+        if rest:
+            yield rest.decode("utf-8", "replace").rstrip("\r")
 
     def pieces(self):
         """The body's bytes as they arrive, in pieces of whatever size came."""

@@ -55,7 +55,7 @@ class ChatModel:
                     continue  # blank lines between events, comments, event names
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    return
+                    continue  # (the body's end follows: read it, and the connection is kept)
                 if text := _content(data, "delta"):
                     yield text
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import requests
 import websocket
 
 from mediastream.engines import packaged_model
-from mediastream.simulator import TwilioCall
+from mediastream.simulator import TwilioCall, hum
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"  # spoken audio and its truth: see make_fixtures.py
@@ -326,27 +327,39 @@ def start_gunicorn(start_server):
     return start
 
 
-class OpenAIStub:
-    """tests/openai_stub.py in a child process: OpenAI-compatible chat and speech servers
-    that answer at once, or as control() tells them."""
+TLS_CERTIFICATE = FIXTURES / "tls" / "cert.pem"  # self-signed, for 127.0.0.1 (and its key)
 
-    def __init__(self):
+
+class OpenAIStub:
+    """tests/openai_stub.py in a child process: OpenAI-compatible chat, speech and
+    transcription servers that answer at once, or as control() tells them; over TLS
+    with `tls` (a server started with SSL_CERT_FILE=TLS_CERTIFICATE trusts it)."""
+
+    def __init__(self, tls=False):
+        options = ["--tls", str(TLS_CERTIFICATE), str(TLS_CERTIFICATE.with_name("key.pem"))]
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "openai_stub.py")],
+            [sys.executable, str(REPO / "tests" / "openai_stub.py"), *(options if tls else [])],
             stdout=subprocess.PIPE,
             text=True,
         )
         port = self.process.stdout.readline().rsplit(":", 1)[1].strip()
-        self.base = f"http://127.0.0.1:{port}"
-        self.url = f"{self.base}/v1"  # for AGENT and SPEAK
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.url = f"{self.base}/v1"  # for AGENT, SPEAK and TRANSCRIBE
+        self.verify = str(TLS_CERTIFICATE) if tls else True
 
     def control(self, **behaviour):
-        """How it answers from now on: chat={...}, speech={...}, answer="..." (its docstring)."""
-        requests.post(f"{self.base}/control", json=behaviour, timeout=5).raise_for_status()
+        """How it answers from now on: chat={...}, speech={...}, transcription={...},
+        answer="...", transcripts=[...] (its docstring)."""
+        url = f"{self.base}/control"
+        requests.post(url, json=behaviour, timeout=5, verify=self.verify).raise_for_status()
 
     def chat_requests(self):
         """Every chat request it has had, oldest first."""
-        return requests.get(f"{self.base}/requests", timeout=5).json()
+        return requests.get(f"{self.base}/requests", timeout=5, verify=self.verify).json()
+
+    def served(self):
+        """Each request it has had: [{kind, began, ended, gone, connection}, ...]."""
+        return requests.get(f"{self.base}/connections", timeout=5, verify=self.verify).json()
 
     def stop(self):
         self.process.terminate()
@@ -358,6 +371,30 @@ def openai_stub():
     stub = OpenAIStub()
     yield stub
     stub.stop()
+
+
+@pytest.fixture
+def fresh_stub(request):
+    """A stand-in of the test's own (its counts start at nothing); over TLS when the test
+    is parametrized with tls=True."""
+    stub = OpenAIStub(tls=getattr(request, "param", False))
+    yield stub
+    stub.stop()
+
+
+def caller_wav(path, turns, seconds):
+    """A caller who speaks (a voice-like hum, which speech activity takes for words) in
+    each (start, end) of `turns`, silent otherwise: a WAV of `seconds` for --wav."""
+    pcm = bytearray(2 * round(seconds * 8000))
+    for start, end in turns:
+        spoken = hum(end - start, 140.0)
+        pcm[2 * round(start * 8000) : 2 * round(start * 8000) + len(spoken)] = spoken
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(bytes(pcm))
+    return path
 
 
 REDIS_SERVER = "/usr/bin/redis-server"  # Debian's (apt-get install redis-server)

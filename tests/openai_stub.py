@@ -15,11 +15,12 @@ is told), or fails as told.
   {...}, "transcription": {...}}, each with "delay" (seconds before the first byte),
   "status" (an HTTP error with OpenAI's error body), "garbage" (200 with nonsense);
   chat and speech with "pause" (seconds between pieces) and "break_after" (that many
-  pieces, then the connection is dropped); {"answer": "..."} sets FILLER;
+  pieces, then the connection is dropped); chat with "number" (its text as a number, as
+  no server should send it); {"answer": "..."} sets FILLER;
   {"transcripts": [...]} the transcriptions' texts, in turn (then TRANSCRIPT).
-- GET /requests: every chat request; GET /connections: how many connections it has
-  accepted, and each request's kind, when it began and ended, and whether its client
-  hung up before the end ("gone").
+- GET /requests: every chat request; GET /connections: each request's kind, when it
+  began and ended, whether its client hung up before the end ("gone"), and which
+  connection it came on (its client's port).
 - --tls CERT KEY: HTTPS, with that certificate.
 """
 
@@ -58,16 +59,11 @@ class Stub:
     answer = FILLER
     transcripts = []
     requests = []
-    connections = 0
-    served = []  # {"kind", "began", "ended", "gone"} a request
+    served = []  # {"kind", "began", "ended", "gone", "connection"} a request
 
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
-
-    def get_request(self):
-        Stub.connections += 1
-        return super().get_request()
 
     def handle_error(self, request, client_address):
         pass  # a client that hung up mid-answer (the agent, cut off by the caller)
@@ -83,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/requests":
             self._json(200, Stub.requests)
         elif self.path == "/connections":
-            self._json(200, {"accepted": Stub.connections, "requests": Stub.served})
+            self._json(200, Stub.served)
         else:
             self._json(200, {"data": [{"id": "stub"}]})
 
@@ -104,6 +100,7 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "chat":
             Stub.requests.append(body)
         served = {"kind": kind, "began": time.time(), "ended": None, "gone": False}
+        served["connection"] = self.client_address[1]  # its client's port: one a connection
         Stub.served.append(served)
         try:
             self._answer(kind, behaviour, body)
@@ -132,6 +129,8 @@ class Handler(BaseHTTPRequestHandler):
         for n, word in enumerate(words):
             chunk = {"object": "chat.completion.chunk", "choices": [{"delta": {}}]}
             chunk["choices"][0]["delta"]["content"] = word if n == 0 else " " + word
+            if Stub.behaviour["chat"].get("number"):
+                chunk["choices"][0]["delta"]["content"] = n
             events.append(f"data: {json.dumps(chunk)}\n\n".encode())
         events.append(b"data: [DONE]\n\n")
         self._stream("text/event-stream", events, Stub.behaviour["chat"])

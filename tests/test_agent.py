@@ -8,11 +8,21 @@ default needs requirements-agent.txt. CI installs both and runs them.
 
 import json
 import re
+import signal
+import time
 import wave
 
 import pytest
 import requests
-from conftest import FIXTURES, requires, simulate
+from conftest import (
+    FIXTURES,
+    TLS_CERTIFICATE,
+    caller_wav,
+    finished,
+    requires,
+    simulate,
+    start_simulation,
+)
 
 from mediastream.config import Config, ConfigError
 
@@ -23,16 +33,16 @@ SHORT_ANSWER = "I can help with that."
 engine = requires("faster_whisper", "requirements-transcribe.txt")
 
 
-def call(server, tmp_path, seconds=None, linger=1):
+def call(server, tmp_path, seconds=None, linger=1, wav=AGENT_CALL, timeout=90):
     """The agent call played into `server`; its console lines and what the caller heard
     (16-bit PCM at 8 kHz)."""
     heard = tmp_path / f"heard-{len(list(tmp_path.iterdir()))}.wav"
     options = ["--seconds", str(seconds)] if seconds else []
     status, output = simulate(
         server,
-        *("--param", "mode=agent", "--wav", str(AGENT_CALL), "--output", str(heard)),
+        *("--param", "mode=agent", "--wav", str(wav), "--output", str(heard)),
         *("--linger", str(linger), *options),
-        timeout=90,
+        timeout=timeout,
     )
     assert status == 0 and "Twilio would reject" not in output, output
     tag = server.wait_for(r"\[(\w{8})\] summary:")[1]  # each test's server has one call
@@ -180,6 +190,136 @@ def test_the_agent_settings_are_read_and_secrets_never_shown():
     assert "sk-secret" not in repr(config) and "sk-voice" not in repr(config)
 
 
+# Stand-ins for all three tiers (transcription too): no Whisper, the caller a hum ---------
+
+
+def stand_ins(start_server, stub, **environ):
+    """The server with `stub` as its model, voice and transcription server."""
+    tls = {"SSL_CERT_FILE": str(TLS_CERTIFICATE)} if stub.base.startswith("https") else {}
+    return start_server(AGENT=stub.url, SPEAK=stub.url, TRANSCRIBE=stub.url, **tls, **environ)
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def test_a_caller_who_says_hello_first_hears_the_greeting_when_they_stop(
+    start_server, fresh_stub, tmp_path
+):
+    # The voice takes 0.4 s: "Hello?" (0.05 to 0.65 s) begins before any of the greeting.
+    fresh_stub.control(
+        speech={"delay": 0.4}, transcripts=["Hello?", "What time do you open?"], answer="Sure."
+    )
+    server = stand_ins(start_server, fresh_stub)
+    wav = caller_wav(tmp_path / "caller.wav", [(0.05, 0.65), (5.0, 6.5)], 10)
+    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    assert not loud(heard, 0, 1.2) and loud(heard, 1.6, 3.0), lines  # after their hello
+    assert lines.count(f'agent said: "{Config.agent_greeting}"') == 1, lines
+    assert re.search(r"agent: 1 turn, voice to voice median [\d.]+ s", lines), lines
+    (request,) = fresh_stub.chat_requests()  # the greeting answered "Hello?"; one turn more
+    assert request["messages"][1:] == [
+        user("Hello?"),
+        {"role": "assistant", "content": Config.agent_greeting},
+        user("What time do you open?"),
+    ]
+
+
+def test_words_a_transcription_server_could_not_hear_get_sorry_each_time(
+    start_server, fresh_stub, tmp_path
+):
+    fresh_stub.control(transcription={"status": 500})
+    server = stand_ins(start_server, fresh_stub)
+    wav = caller_wav(tmp_path / "caller.wav", [(3.0, 4.5), (7.0, 8.5)], 11)
+    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    assert lines.count('agent said: "Sorry, I didn\'t catch that."') == 2, lines
+    assert loud(heard, 5.1, 6.5) and loud(heard, 9.1, 10.5)
+    assert lines.count("WARNING") == 1 and "the engine failed: HTTP 500" in lines, lines
+    assert fresh_stub.chat_requests() == []
+
+
+@pytest.mark.parametrize(
+    "chat, line",
+    [
+        (
+            {"break_after": 4},  # "You said: Please cancel" and the connection dropped
+            "WARNING [{}] agent: the model failed: the answer broke off",
+        ),
+        (
+            {"number": True},  # nothing any server should send: our own code trips on it
+            "ERROR   [{}] agent: the answer failed: TypeError: can only concatenate str",
+        ),
+    ],
+)
+def test_a_model_that_fails_mid_answer_gets_the_caller_an_apology_kept_out_of_the_history(
+    start_server, fresh_stub, tmp_path, chat, line
+):
+    fresh_stub.control(chat=chat)
+    server = stand_ins(start_server, fresh_stub)
+    wav = caller_wav(tmp_path / "caller.wav", [(3.0, 4.5), (8.0, 9.5)], 13)
+    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    tag = re.search(r"\[(\w{8})\] summary", lines)[1]
+    assert len(re.findall("WARNING|ERROR", lines)) == 1 and line.format(tag) in lines, lines
+    assert lines.count('agent said: "Sorry, I can\'t answer that right now."') == 2, lines
+    assert loud(heard, 5.1, 6.5)
+    assert "Traceback" not in server.log()
+    second = fresh_stub.chat_requests()[1]["messages"]
+    assert second[-2:] == [user("Please cancel my order."), user("Please cancel my order.")]
+
+
+def test_nothing_of_an_answer_outlives_a_call_that_stops(start_server, fresh_stub, tmp_path):
+    # A model and a voice that take their time: both are answering when the call stops.
+    fresh_stub.control(chat={"pause": 0.1}, speech={"pause": 0.1})
+    server = stand_ins(start_server, fresh_stub)
+    wav = caller_wav(tmp_path / "caller.wav", [(2.0, 3.0)], 5.5)
+    simulation = start_simulation(server, "--param", "mode=agent", "--wav", str(wav))
+    server.wait_for(r"\] stop: call", timeout=20)
+    stopped = time.time()
+    assert finished(simulation)[0] == 0
+    assert_all_closed_by(fresh_stub, stopped + 0.5)
+
+
+def test_nothing_of_an_answer_outlives_a_dropped_connection(start_server, fresh_stub, tmp_path):
+    fresh_stub.control(chat={"pause": 0.1}, speech={"pause": 0.1})
+    server = stand_ins(start_server, fresh_stub)
+    wav = caller_wav(tmp_path / "caller.wav", [(2.0, 3.0)], 30)
+    simulation = start_simulation(server, "--param", "mode=agent", "--wav", str(wav))
+    deadline = time.monotonic() + 20
+    while not any(r["kind"] == "speech" and not r["ended"] for r in answering(fresh_stub)):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    simulation.send_signal(signal.SIGKILL)  # no stop: the connection just goes
+    dropped = time.time()
+    simulation.wait(5)
+    server.wait_for(r"summary: stream .* ended by disconnect", timeout=10)
+    assert_all_closed_by(fresh_stub, dropped + 0.5)
+
+
+def answering(stub):
+    """The chat and speech requests after the greeting's."""
+    return [r for r in stub.served() if r["kind"] != "transcription"][1:]
+
+
+def assert_all_closed_by(stub, deadline):
+    time.sleep(max(0.0, deadline + 0.5 - time.time()))
+    cut = answering(stub)
+    assert any(r["kind"] == "chat" for r in cut) and any(r["gone"] for r in cut), cut
+    assert all(r["ended"] is not None and r["ended"] <= deadline for r in cut), (deadline, cut)
+
+
+@pytest.mark.parametrize("fresh_stub", [False, True], ids=["http", "https"], indirect=True)
+def test_the_three_tiers_share_kept_alive_connections(start_server, fresh_stub, tmp_path):
+    fresh_stub.control(answer="Sure.")
+    server = stand_ins(start_server, fresh_stub)
+    wav = caller_wav(tmp_path / "caller.wav", [(2.0, 3.0), (6.0, 7.0)], 10)
+    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    assert re.search(r"agent: 2 turns, voice to voice median [\d.]+ s", lines), lines
+    served = fresh_stub.served()
+    kinds = [r["kind"] for r in served]
+    assert kinds.count("transcription") == 2 and kinds.count("chat") == 2, kinds
+    # A model's answer streams while its sentences are spoken: two at once, at most.
+    assert len(served) >= 8 and len({r["connection"] for r in served}) <= 3, served
+
+
 # The embedded default: SmolLM2, Piper and Whisper, all in the server ---------------------
 
 
@@ -202,3 +342,39 @@ def test_the_embedded_default_greets_and_answers_out_loud(start_server, tmp_path
     assert len(answer.split()) >= 3, (answer, lines)  # words, heard back
     print(f"the embedded model answered: {said[1] if said else lines}\nheard back: {answer}")
     assert re.search(r"agent: turn 1: voice to voice [\d.]+ s", lines)
+
+
+@requires("xllamacpp", "requirements-agent.txt")
+@pytest.mark.agent
+def test_a_forty_turn_call_on_the_embedded_model_is_answered_at_every_turn(start_server, tmp_path):
+    """A long call (about four and a half minutes): two questions of the test call, asked
+    in turn 40 times, each 4.5 s after the last ended (time for the answer to begin, on
+    two cores that run Whisper, the model and the voice). A small AGENT_HISTORY makes the
+    history drop its oldest turns many times over; the model must still answer each one."""
+    with wave.open(str(AGENT_CALL)) as wav:
+        pcm = wav.readframes(wav.getnframes())
+    asked = [QUESTIONS[0], QUESTIONS[3]]
+    pieces, at = [], 0.5
+    for n in range(40):
+        question = asked[n % 2]
+        pieces.append(
+            (at, pcm[int(question["start"] * 8000) * 2 : int(question["end"] * 8000) * 2])
+        )
+        at += question["end"] - question["start"] + 4.5
+    caller = bytearray(int((at + 1) * 8000) * 2)
+    for start, spoken in pieces:
+        caller[int(start * 8000) * 2 : int(start * 8000) * 2 + len(spoken)] = spoken
+    long_call = tmp_path / "long-call.wav"
+    with wave.open(str(long_call), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(bytes(caller))
+    server = start_server(AGENT="local", SPEAK="local", TRANSCRIBE="local", AGENT_HISTORY="300")
+    server.wait_for(r"agent: model SmolLM2.*history up to 300 tokens", 60)
+    lines, _ = call(server, tmp_path, wav=long_call, linger=3, timeout=at + 60)
+    assert "failed" not in lines and "WARNING" not in lines, lines
+    turns = [int(n) for n in re.findall(r"agent: turn (\d+): voice to voice", lines)]
+    assert turns == list(range(1, 41)), lines
+    dropped = re.search(r"agent: 40 turns, .*; (\d+) early turns left out of the history", lines)
+    assert dropped and int(dropped[1]) >= 20, lines
