@@ -38,6 +38,7 @@ import time
 
 import gevent
 
+from mediastream import turns
 from mediastream.apiclient import ServiceFailed
 from mediastream.chat import history_tokens, load_model
 from mediastream.console import counted
@@ -47,34 +48,6 @@ from mediastream.handlers import Handler
 from mediastream.messages import cut
 from mediastream.metrics import AGENT_INTERRUPTIONS, AGENT_SECONDS
 from mediastream.transcript import MIN_FRAMES
-from mediastream.turns import (
-    AnswerFailed,
-    AnswerSent,
-    Begin,
-    CallEnded,
-    Cancel,
-    Clear,
-    CutIn,
-    Heard,
-    MarkPlayed,
-    ModelDone,
-    ModelWrote,
-    NotHeard,
-    Said,
-    SendAudio,
-    SendMark,
-    SentenceSpoken,
-    Speak,
-    SpeechBegan,
-    SpeechEnded,
-    SpeechLasted,
-    Started,
-    Timed,
-    TurnTaking,
-    VoiceAudio,
-    Warn,
-    WentOn,
-)
 from mediastream.voices import load_voice
 
 startup = logging.getLogger("mediastream.startup")
@@ -130,7 +103,7 @@ class Agent(Handler):
 
     def __init__(self, config):
         super().__init__(config)
-        self.turns = None  # the state machine, on a mode=agent stream with a model
+        self.turn_taking = None  # the state machine, on a mode=agent stream with a model
         self.answering = {}  # answer -> its greenlet
         self.turn = None  # the caller's turn under way, as speech activity saw it
         self.lasted = False  # that turn is long enough to be a barge-in
@@ -147,10 +120,10 @@ class Agent(Handler):
             stream.log.warning("agent: mode=agent, but %s: nobody answers", found[1])
             self.active = False
             return
-        self.turns = TurnTaking(
+        self.turn_taking = turns.TurnTaking(
             self.config.agent_prompt, self.config.agent_greeting, history_tokens(self.config)
         )
-        self._handle(stream, Started())
+        self._handle(stream, turns.Started())
 
     def media(self, stream, chunk):
         """Speech activity's view of the caller, as the state machine's events: their
@@ -166,21 +139,21 @@ class Agent(Handler):
             self.turn = None
             ago = (chunk.chunk - end) * CHUNK_SECONDS
             words = end - start >= MIN_FRAMES
-            self._handle(stream, SpeechEnded(now, now - ago, end, words))
+            self._handle(stream, turns.SpeechEnded(now, now - ago, end, words))
         turn = speech.turn
         if turn is None:
             return
         spoken = chunk.chunk - 1 - turn[0]  # frames since their speech began
         if turn[0] != self.turn:
             self.turn, self.lasted = turn[0], False
-            self._handle(stream, SpeechBegan(now - spoken * CHUNK_SECONDS))
+            self._handle(stream, turns.SpeechBegan(now - spoken * CHUNK_SECONDS))
         if not self.lasted and spoken + 1 >= BARGE_IN_FRAMES:
             self.lasted = True
-            self._handle(stream, SpeechLasted(now, spoken * CHUNK_MS))
+            self._handle(stream, turns.SpeechLasted(now, spoken * CHUNK_MS))
 
     def mark(self, stream, event):
-        if self.turns is not None and event.played:
-            self._handle(stream, MarkPlayed(time.monotonic(), event.name))
+        if self.turn_taking is not None and event.played:
+            self._handle(stream, turns.MarkPlayed(time.monotonic(), event.name))
 
     def stop(self, stream, event):
         self._call_ended(stream)
@@ -189,22 +162,22 @@ class Agent(Handler):
         self._call_ended(stream)  # (a connection that dropped, without a stop)
 
     def end(self, stream, ended_by):
-        if self.turns is None:
+        if self.turn_taking is None:
             return
-        turns = self.turns
-        median = statistics.median(turns.voice_to_voice) if turns.voice_to_voice else 0.0
-        dropped = turns.history.dropped
+        taking = self.turn_taking
+        median = statistics.median(taking.voice_to_voice) if taking.voice_to_voice else 0.0
+        dropped = taking.history.dropped
         stream.log.info(
             "agent: %s, voice to voice median %.2f s; interrupted %s%s",
-            counted(len(turns.voice_to_voice), "turn"),
+            counted(len(taking.voice_to_voice), "turn"),
             median,
-            counted(turns.interruptions, "time"),
+            counted(taking.interruptions, "time"),
             f"; {counted(dropped, 'early turn')} left out of the history" if dropped else "",
             extra={
                 "figures": {
-                    "turns": len(turns.voice_to_voice),
+                    "turns": len(taking.voice_to_voice),
                     "voice_to_voice_median": round(median, 3),
-                    "interruptions": turns.interruptions,
+                    "interruptions": taking.interruptions,
                     "history_turns_dropped": dropped,
                 }
             },
@@ -213,24 +186,24 @@ class Agent(Handler):
     # Hub callbacks: the transcript's results -------------------------------------------
 
     def utterance(self, stream, utterance):
-        if self.turns is not None and utterance.track == "inbound":
+        if self.turn_taking is not None and utterance.track == "inbound":
             end_frame = round(utterance.end / CHUNK_SECONDS)
             now = time.monotonic()
-            self._handle(stream, Heard(now, utterance.text, end_frame, utterance.latency))
+            self._handle(stream, turns.Heard(now, utterance.text, end_frame, utterance.latency))
 
     def untranscribed(self, stream, utterance):
-        if self.turns is not None and utterance.track == "inbound":
-            self._handle(stream, NotHeard(time.monotonic(), utterance.problem))
+        if self.turn_taking is not None and utterance.track == "inbound":
+            self._handle(stream, turns.NotHeard(time.monotonic(), utterance.problem))
 
     # An answer's greenlet ----------------------------------------------------------------
 
     def _run(self, stream, answer):
         """Make one answer: ask the model (or speak its script), a sentence at a time. A
         failure is said once, and the state machine may have the apology spoken."""
-        failed = self._attempt(stream, answer, self._make)
+        failed = self._attempt(answer, self._make, stream, answer)
         while failed is not None:  # (the apology, and only a voice that works says it)
-            failed = self._attempt(stream, answer, self._do, self.turns.handle(failed))
-        self._do(stream, self.turns.handle(AnswerSent(answer)))
+            failed = self._attempt(answer, self._handle, stream, failed)
+        self._handle(stream, turns.AnswerSent(answer))
         self.answering.pop(answer, None)
 
     def _make(self, stream, answer):
@@ -238,20 +211,20 @@ class Agent(Handler):
             self._speak(stream, answer, answer.script)
             return
         for text in self.model.stream(answer.messages):
-            self._do(stream, self.turns.handle(ModelWrote(answer, time.monotonic(), text)))
-        self._do(stream, self.turns.handle(ModelDone(answer)))
+            self._handle(stream, turns.ModelWrote(answer, time.monotonic(), text))
+        self._handle(stream, turns.ModelDone(answer, time.monotonic()))
 
-    def _attempt(self, stream, answer, work, *args):
-        """work(stream, answer or *args); None, or the AnswerFailed that says what failed."""
+    def _attempt(self, answer, work, *args):
+        """work(*args) for `answer`: None, or the AnswerFailed that says what failed."""
         try:
-            work(stream, *(args or (answer,)))
+            work(*args)
         except _VoiceFailed as failure:
-            return AnswerFailed(answer, "the voice", failure.kind, str(failure))
+            return turns.AnswerFailed(answer, "the voice", failure.kind, str(failure))
         except ServiceFailed as failure:
-            return AnswerFailed(answer, "the model", failure.kind, str(failure))
+            return turns.AnswerFailed(answer, "the model", failure.kind, str(failure))
         except Exception as error:  # a bug, or an answer nobody foresaw: still one line
             message = cut(f"{type(error).__name__}: {error}", ERROR_CHARACTERS)
-            return AnswerFailed(answer, "the answer", type(error).__name__, message)
+            return turns.AnswerFailed(answer, "the answer", type(error).__name__, message)
         return None
 
     def _speak(self, stream, answer, text):
@@ -260,51 +233,55 @@ class Agent(Handler):
             for pcm in self.voice.speak(text):
                 if pcm:
                     seconds = len(pcm) / 2 / SAMPLE_RATE
-                    event = VoiceAudio(answer, time.monotonic(), text, pcm, seconds)
-                    self._do(stream, self.turns.handle(event))
+                    event = turns.VoiceAudio(answer, time.monotonic(), text, pcm, seconds)
+                    self._handle(stream, event)
         except ServiceFailed as failure:
             raise _VoiceFailed(failure) from None
-        self._do(stream, self.turns.handle(SentenceSpoken(answer)))
+        self._handle(stream, turns.SentenceSpoken(answer))
 
     # Doing what the state machine says ------------------------------------------------
 
     def _handle(self, stream, event):
-        self._do(stream, self.turns.handle(event))
+        self._do(stream, self.turn_taking.handle(event))
 
     def _call_ended(self, stream):
-        if self.turns is not None:
-            self._handle(stream, CallEnded())
+        if self.turn_taking is not None:
+            self._handle(stream, turns.CallEnded())
 
     def _do(self, stream, actions):
         for action in actions:
             match action:
-                case SendAudio(pcm):
+                case turns.SendAudio(pcm):
                     stream.talkback.audio(pcm=pcm)
-                case SendMark(name):
+                case turns.SendMark(name):
                     stream.talkback.mark(name)
-                case Speak(answer, text):  # (only ever from the answer's own greenlet)
+                case turns.Speak(answer, text):  # (only ever from the answer's own greenlet)
                     self._speak(stream, answer, text)
-                case Begin(answer):
+                case turns.Begin(answer):
                     self.answering[answer] = gevent.spawn(self._run, stream, answer)
-                case Cancel(answer):
+                case turns.Cancel(answer):
                     greenlet = self.answering.pop(answer, None)
                     if greenlet is not None:
                         greenlet.kill(block=False)  # its requests close as it wakes
-                case Clear():
+                case turns.Clear():
                     stream.talkback.clear()
-                case Timed(timing):
+                case turns.Timed(timing):
                     self._timed(stream, timing)
-                case CutIn(heard, said, cleared_ms):
+                case turns.CutIn(heard, said, cleared_ms):
                     self._cut_in(stream, heard, said, cleared_ms)
-                case WentOn(greeting):
+                case turns.WentOn(greeting):
                     stream.log.info(
                         "agent: the caller went on with their turn as the %s began; cleared, %s",
                         "greeting" if greeting else "answer",
                         "it plays when they stop" if greeting else "their next words join it",
                     )
-                case Said(text):
+                case turns.GreetingWaits():
+                    stream.log.info(
+                        "agent: the caller spoke first; the greeting plays when they stop"
+                    )
+                case turns.Said(text):
                     stream.log.info('agent said: "%s"', text)
-                case Warn(service, message):
+                case turns.Warn(service, message):
                     level = logging.ERROR if service == "the answer" else logging.WARNING
                     stream.log.log(
                         level, "agent: %s failed: %s (the call goes on)", service, message

@@ -67,9 +67,12 @@ class Conversation:
             self.messages.append(message)
 
     def for_model(self):
-        """The messages to send, after dropping the oldest turns past the budget (never
-        the head, never the last turn)."""
-        while sum(map(tokens, self.messages)) > self.budget:
+        """The messages to send. Past the budget, the oldest turns are dropped (never the
+        head, never the last turn) down to three quarters of it: the messages then begin
+        the same way for the next few requests, which a server's prompt cache reuses."""
+        if sum(map(tokens, self.messages)) <= self.budget:
+            return list(self.messages)
+        while sum(map(tokens, self.messages)) > self.budget * 3 // 4:
             starts = [
                 n
                 for n in range(self.head + 1, len(self.messages))

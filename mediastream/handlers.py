@@ -118,8 +118,9 @@ class Handler:
         empty, and .problem, why."""
 
     def finish(self, stream):
-        """For a handler that passes on events of its own and never blocks: the stream has
-        ended; send the last of them now, before anyone's end()."""
+        """For a handler that never blocks: the stream has ended; send the last events of
+        your own now, before anyone's end() (the transcript does), or stop work that is
+        for the caller (the agent cancels its answer)."""
 
     def end(self, stream, ended_by):
         """Called once, last, however the stream ended: `ended_by` says how ("stop",

@@ -123,6 +123,7 @@ class ModelWrote:
 @dataclass(frozen=True)
 class ModelDone:
     answer: Answer
+    at: float
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,11 @@ class WentOn:
 
 
 @dataclass(frozen=True)
+class GreetingWaits:
+    """The caller spoke before any of the greeting played: it plays when they stop."""
+
+
+@dataclass(frozen=True)
 class Said:
     """An answer played to its end."""
 
@@ -278,7 +284,7 @@ class TurnTaking:
         if answer is None:
             return []
         if not answer.playback.audible:  # they go on before hearing any of it
-            return self._drop()
+            return self._drop() + ([GreetingWaits()] if answer.kind == GREETING else [])
         first_audio = answer.playback.pieces[0].sent_at
         if answer.kind != LINE and event.at <= first_audio + WENT_ON_SECONDS:
             return [Clear(), *self._drop(), WentOn(answer.kind == GREETING)]
@@ -359,7 +365,10 @@ class TurnTaking:
         answer = event.answer
         if answer is not self.answer:
             return []
-        return [Speak(answer, sentence) for sentence in answer.sentences.finish()]
+        sentences = answer.sentences.finish()
+        if sentences:
+            answer.timing.reached("first_sentence", event.at)
+        return [Speak(answer, sentence) for sentence in sentences]
 
     def _VoiceAudio(self, event):
         answer = event.answer

@@ -215,6 +215,7 @@ def test_a_caller_who_says_hello_first_hears_the_greeting_when_they_stop(
     lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
     assert not loud(heard, 0, 1.2) and loud(heard, 1.6, 3.0), lines  # after their hello
     assert lines.count(f'agent said: "{Config.agent_greeting}"') == 1, lines
+    assert "agent: the caller spoke first; the greeting plays when they stop" in lines
     assert re.search(r"agent: 1 turn, voice to voice median [\d.]+ s", lines), lines
     (request,) = fresh_stub.chat_requests()  # the greeting answered "Hello?"; one turn more
     assert request["messages"][1:] == [

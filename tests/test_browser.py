@@ -167,13 +167,14 @@ def test_with_the_auth_token_only_the_softphone_streams_in(chromium, start_serve
     server.wait_for(r"refused \(403 Forbidden\): page credential was used already")
 
 
-@requires("faster_whisper", "requirements-transcribe.txt")
-@pytest.mark.transcribe
 def test_the_softphone_talks_with_the_agent(chromium, start_server, openai_stub):
-    """mode=agent, with stand-in model and voice: the page hears the greeting and an
-    answer to what its microphone said, and honours the clears of barge-in."""
+    """mode=agent, with stand-ins for the model, the voice and transcription (which
+    answer at once: Whisper on a slow CPU would take longer than the looped microphone's
+    pauses, and the agent waits for a caller who is speaking again): the page hears the
+    greeting and an answer to what its microphone said, and honours the clears of
+    barge-in."""
     openai_stub.control(answer="Sure.")
-    server = start_server(AGENT=openai_stub.url, SPEAK=openai_stub.url, TRANSCRIBE="local")
+    server = start_server(AGENT=openai_stub.url, SPEAK=openai_stub.url, TRANSCRIBE=openai_stub.url)
     context = chromium.new_context()
     phone, stream_sid = place_call(context, server, mode="agent")
     tag = stream_sid[-8:]

@@ -14,6 +14,7 @@ from mediastream.turns import (
     Cancel,
     Clear,
     CutIn,
+    GreetingWaits,
     Heard,
     MarkPlayed,
     ModelDone,
@@ -67,6 +68,8 @@ class Call:
                 return f"turn {timing.number} timed"
             case CutIn(heard, said, _):
                 return f"cut in: heard {heard!r} of {said!r}"
+            case GreetingWaits():
+                return "greeting waits"
             case WentOn(greeting):
                 return f"went on ({'greeting' if greeting else 'reply'})"
             case Said(text):
@@ -89,7 +92,7 @@ class Call:
         """The model writes `pieces`, then finishes."""
         answer = answer or self.answer
         actions = [a for text in pieces for a in self.send(ModelWrote(answer, at, text))]
-        return actions + self.send(ModelDone(answer))
+        return actions + self.send(ModelDone(answer, at))
 
     def caller(self, began, ended, text=None, heard_at=None, end_frame=None):
         """The caller speaks from `began` to `ended` (seconds), for words (0.3 s or more);
@@ -149,7 +152,7 @@ def test_hello_before_the_greeting_is_answered_by_the_greeting_which_stays_in_th
     call = Call()
     assert call.send(Started()) == [f"begin greeting: {GREETING}"]
     # "Hello?" as the call connects, before the voice has sent anything of the greeting.
-    assert call.send(SpeechBegan(0.1)) == ["cancel greeting"]
+    assert call.send(SpeechBegan(0.1)) == ["cancel greeting", "greeting waits"]
     assert call.send(SpeechLasted(0.4, 280)) == []
     assert call.send(SpeechEnded(1.1, 0.6, 30, True)) == [f"begin greeting: {GREETING}"]
     assert call.voice(1.2, GREETING) == ["audio", "mark agent-1"]
@@ -313,8 +316,8 @@ def test_nothing_of_an_answer_outlives_the_call():
     "budget, kept",
     [
         (10_000, ["u1", "a1", "u2", "a2", "u3"]),  # all of it fits
-        (110, ["u2", "a2", "u3"]),  # the oldest turn goes, whole
-        (60, ["u3"]),  # never the last turn
+        (150, ["u2", "a2", "u3"]),  # the oldest turn goes, whole (to 3/4 of the budget)
+        (110, ["u3"]),  # never the last turn
         (1, ["u3"]),  # nor the head
     ],
 )
@@ -330,3 +333,14 @@ def test_the_history_drops_the_oldest_turns_whole_and_keeps_its_head(budget, kep
     assert [m["content"] for m in sent[:3]] == ["Be brief.", "Hello?", "Hello! How can I help?"]
     assert [m["content"].split()[0] for m in sent[3:]] == kept
     assert conversation.dropped == 3 - len(kept) // 2 - 1
+
+
+def test_after_a_cut_the_history_grows_again_to_the_budget_before_the_next():
+    conversation = Conversation("Be brief.", 100)
+    first = []  # the first turn each request carries: it changes only at a cut
+    for turn in range(1, 7):
+        conversation.caller_said(f"u{turn} " + "word " * 10)  # 17 tokens a message
+        first.append(conversation.for_model()[1]["content"].split()[0])
+        conversation.answered(f"a{turn} " + "word " * 10)
+    assert first == ["u1", "u1", "u1", "u3", "u3", "u5"]
+    assert conversation.dropped == 4
