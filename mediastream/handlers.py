@@ -22,9 +22,10 @@ How events reach handlers:
   events for that stream but its end(). The call and the other handlers go on; the
   summary names the handler.
 - utterance(): what a track said, as the transcript (transcript.py) makes it; every
-  handler gets it like any other event, in the order of the console's lines. Handlers
-  that pass on events of their own (the transcript) send their last ones in finish(),
-  which comes before anyone's end().
+  handler gets it like any other event, in the order of the console's lines; one that
+  could not be transcribed comes in its place as untranscribed(). Handlers that pass on
+  events of their own (the transcript) send their last ones in finish(), which comes
+  before anyone's end().
 - end() is called once for every handler, however the stream ended, after all its other
   events: handlers that may block first (the stream waits up to END_WAIT_SECONDS for them
   to work through their queue, then drops what is left), then the others last-first, so

@@ -258,7 +258,7 @@ class TurnTaking:
         self.greeting_due = True  # not yet heard, not yet begun
         self.opening = 0  # the caller's turns before the greeting: its words come later
         self.speaking = None  # when the caller's turn under way began, or None
-        self.joins = False  # the caller's next words join their last ones (one turn)
+        self.unanswered = False  # the caller's last words have no answer heard: more join them
         self.last_turn = None  # (end frame, speech end, end of turn seconds)
         self.ended = False
         self.voice_to_voice = []  # seconds, each reply
@@ -303,7 +303,7 @@ class TurnTaking:
         if self.greeting_due:  # they spoke first: the greeting answers them
             self.opening += event.words
             return self._begin(Answer(GREETING, script=self.greeting))
-        if self.joins and not event.words:  # a cough cut off the answer: it comes again
+        if self.unanswered and not event.words:  # a cough cut off the answer: it comes again
             timing = Timing(len(self.voice_to_voice) + 1, event.speech_end)
             timing.reached("end_of_turn", event.at)
             return self._reply(timing)
@@ -317,9 +317,9 @@ class TurnTaking:
             return []
         actions = self._supersede(event.at)
         if event.text:
-            self.history.caller_said(event.text, self.joins)
-            self.joins = True
-        elif not self.joins:
+            self.history.caller_said(event.text, joins=self.unanswered)
+            self.unanswered = True
+        elif not self.unanswered:
             return actions  # noise, transcribed as nothing
         if self.speaking is not None:
             return actions  # they already go on: answer all of it when they stop
@@ -335,7 +335,7 @@ class TurnTaking:
             return []
         if self.speaking is not None or self.answer is not None:
             return []  # they go on, or are being answered: what comes next is answered
-        if self.joins:  # what they said before it is answered
+        if self.unanswered:  # what they said before it is answered
             return self._reply(Timing(len(self.voice_to_voice) + 1, event.at))
         return self._begin(Answer(LINE, script=NOT_CAUGHT))
 
@@ -411,7 +411,7 @@ class TurnTaking:
         if event.service != "the voice" and not answer.failed:
             answer.failed = True
             actions.append(Speak(answer, APOLOGY))  # (a voice that failed can't say it)
-        self.joins = False  # that turn is over: their next words are a turn of their own
+        self.unanswered = False  # that turn is over: their next words are a turn of their own
         return actions
 
     # Helpers ---------------------------------------------------------------------------
@@ -433,7 +433,7 @@ class TurnTaking:
         if answer.kind == GREETING:
             self.greeting_due = True
         elif answer.kind == REPLY:
-            self.joins = True
+            self.unanswered = True
             if answer.timing and "first_audio" in answer.timing.stages:
                 self.voice_to_voice.pop()  # that turn is not answered yet
         return [Cancel(answer)]
@@ -444,7 +444,7 @@ class TurnTaking:
         playback = answer.playback
         self.history.answered(playback.heard(at, remembered=True), answer.kind == GREETING)
         self.interruptions += 1
-        self.joins = False
+        self.unanswered = False
         return [Clear(), Cancel(answer), CutIn(playback.heard(at), playback.text(), cleared_ms)]
 
     def _supersede(self, at):
@@ -465,5 +465,5 @@ class TurnTaking:
         self.answer = None
         self.history.answered(playback.text(remembered=True), answer.kind == GREETING)
         if answer.kind == REPLY:
-            self.joins = False
+            self.unanswered = False
         return [Said(playback.text())] if playback.pieces else []
