@@ -9,7 +9,6 @@ No test packages: a module that only the test venv has would fail here, as for a
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,16 +17,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO))
+
+from mediastream.chat import free_port  # noqa: E402
+
 SERVERS = {
     "python app.py": [sys.executable, "app.py"],
     "gunicorn": [str(BIN / "gunicorn"), "--workers", "2", "app:create_app()"],
 }
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve_one_call(name, command):

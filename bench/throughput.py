@@ -26,6 +26,7 @@ import gevent
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mediastream.chat import free_port  # noqa: E402
 from mediastream.frames import OPCODE_CLOSE  # noqa: E402
 from mediastream.simulator import (  # noqa: E402
     Plan,
@@ -48,12 +49,6 @@ SERVERS = {  # name -> command, and its environment on top of ours
     "node": (["node", "bench/node/consumer.js"], {}),  # bench/paced.py installs its ws
     "gunicorn": ([sys.executable, "-m", "gunicorn", "app:create_app()"], {"LOG_FORMAT": "json"}),
 }
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Server:

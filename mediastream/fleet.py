@@ -29,8 +29,7 @@ import orjson
 import redis
 from gevent.threadpool import ThreadPool
 
-from mediastream.browser.live import figures
-from mediastream.console import summary_figures
+from mediastream.console import audio_figures, start_figures, summary_figures
 from mediastream.handlers import Handler, every
 from mediastream.metrics import EVENTS_DROPPED
 from mediastream.threads import caught
@@ -48,16 +47,6 @@ FOLLOW_BLOCK_MS = 1000  # one read waits this long for new entries
 
 
 # The entries, with no I/O --------------------------------------------------------------
-
-
-def start_entry(stream, event):
-    return {
-        "call_sid": event.call_sid,
-        "tracks": list(event.tracks),
-        "mode": stream.mode,
-        "parameters": event.custom_parameters,
-        "client": stream.client,
-    }
 
 
 def envelope(stream_sid, server, fields, clock=time.time):
@@ -97,7 +86,7 @@ class Publisher:
         """Every open stream's figures (every FIGURES_SECONDS, in the event loop: the
         streams are the hub's)."""
         for stream_sid, stream in self.open_streams.items():
-            self.publish("figures", stream_sid, figures(stream))
+            self.publish("figures", stream_sid, audio_figures(stream))
 
     def _run(self):
         client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=3)
@@ -175,7 +164,7 @@ class FleetEvents(Handler):
         self.publisher = publisher(config)
 
     def start(self, stream, event):
-        self.publisher.publish("start", stream.stream_sid, start_entry(stream, event))
+        self.publisher.publish("start", stream.stream_sid, start_figures(stream, event))
         self.publisher.open_streams[stream.stream_sid] = stream
 
     def dtmf(self, stream, event):

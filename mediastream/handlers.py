@@ -35,11 +35,16 @@ How events reach handlers:
   (the console's progress lines and the metrics do so).
 """
 
+import logging
 from collections import deque
 
 import gevent
 from gevent import GreenletExit
 from gevent.event import Event
+
+from mediastream.stream import MediaStream
+
+log = logging.getLogger("mediastream")
 
 END_WAIT_SECONDS = 2.0
 
@@ -258,10 +263,32 @@ class StreamHandlers:
 
 def every(seconds, callback, *args):
     """Call callback(*args) every `seconds` from now, in the event loop, until the returned
-    timer is closed (timer.close()). The callback must return at once (no I/O to wait on)."""
+    timer is closed (timer.close()). The callback must return at once (no I/O to wait on).
+    One that raises is treated as a handler's method that raised: logged once, with its
+    traceback (on the stream's log when its first argument is the stream, named in the
+    summary's handler problems), and not called again."""
     timer = gevent.get_hub().loop.timer(seconds, seconds)
-    timer.start(callback, *args)
+    timer.start(_tick, timer, seconds, callback, args)
     return timer
+
+
+def _tick(timer, seconds, callback, args):
+    try:
+        callback(*args)
+    except Exception:
+        timer.close()
+        owner = getattr(callback, "__self__", None)
+        name = type(owner).__name__ if owner is not None else callback.__qualname__
+        stream = args[0] if args and isinstance(args[0], MediaStream) else None
+        (stream.log if stream else log).error(
+            "handler %s failed in its timer (%s every %g s); it is not called again",
+            name,
+            callback.__name__,
+            seconds,
+            exc_info=True,
+        )
+        if stream is not None:
+            stream.handler_problems[name] = f"failed in its timer ({callback.__name__})"
 
 
 class Lane:

@@ -18,6 +18,7 @@ import pytest
 import requests
 import websocket
 
+from mediastream.chat import free_port
 from mediastream.engines import packaged_model
 from mediastream.simulator import TwilioCall, hum
 
@@ -405,9 +406,7 @@ class RedisServer:
     again on the same port, as an outage would."""
 
     def __init__(self, directory):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.start()

@@ -11,7 +11,7 @@ import gevent
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import DEFAULT_HANDLERS, main  # noqa: E402
-from mediastream.handlers import Handler  # noqa: E402
+from mediastream.handlers import Handler, every  # noqa: E402
 from mediastream.simulator import tone  # noqa: E402
 
 
@@ -113,6 +113,26 @@ class BrokenListener(Handler):
 
     def utterance(self, stream, utterance):
         raise ValueError("no words today")
+
+
+class BrokenTimer(Handler):
+    """Every 0.2 s, a timer whose callback raises at its second tick."""
+
+    may_block = False
+
+    def start(self, stream, event):
+        self.ticks = 0
+        self.timer = every(0.2, self._tick, stream)
+
+    def _tick(self, stream):
+        self.ticks += 1
+        if self.ticks == 2:
+            raise ValueError("the second tick is cursed")
+        stream.log.info("BrokenTimer: tick %d", self.ticks)
+
+    def end(self, stream, ended_by):
+        self.timer.close()
+        stream.log.info("BrokenTimer: end after %d ticks", self.ticks)
 
 
 class Unmakeable(Handler):

@@ -291,6 +291,25 @@ def test_a_broken_handler_breaks_nothing_else(start_with, name):
     server.expected_traceback("ValueError: chunk 3 is cursed")
 
 
+def test_a_timer_callback_that_raises_is_one_handler_problem_and_the_call_goes_on(start_with):
+    server = start_with("BrokenTimer", "Recorder")
+    call = TwilioCall()
+    ws = server.connect()
+    play(ws, call, media_per_track=5)
+    time.sleep(1.0)  # five ticks' time: the second raises, the others never come
+    ws.send(call.media())
+    ws.send(call.stop())
+    ws.close()
+    summary = server.summary(call)
+    assert "BrokenTimer: tick 1" in summary and "BrokenTimer: tick 3" not in summary
+    assert "BrokenTimer: end after 2 ticks" in summary
+    assert "handler problem: BrokenTimer failed in its timer (_tick)" in summary
+    (error,) = server.lines("ERROR")
+    assert f"[{call.tag}] handler BrokenTimer failed in its timer (_tick every 0.2 s)" in error
+    assert len(server.lines(f"[{call.tag}] Recorder: media")) == 6  # the call went on
+    server.expected_traceback("ValueError: the second tick is cursed")
+
+
 def test_a_handler_that_cannot_be_made_leaves_the_others_working(start_with):
     server = start_with("Unmakeable")
     call = TwilioCall()

@@ -10,12 +10,11 @@ from mediastream.browser.live import (
     QUIET_SECONDS,
     CallBoard,
     LiveCalls,
-    figures,
     level,
 )
 from mediastream.config import Config
-from mediastream.console import summary_figures
-from mediastream.fleet import envelope, start_entry
+from mediastream.console import audio_figures, start_figures, summary_figures
+from mediastream.fleet import envelope
 from mediastream.g711 import CHUNK_SAMPLES
 from mediastream.messages import parse_message
 from mediastream.security import CREDENTIAL_SECONDS, PageCredentials
@@ -183,11 +182,11 @@ class Remote(Live):
 
     def start(self):
         super().start()
-        self.tell("start", start_entry(self.stream, parse_message(self.call.start())))
+        self.tell("start", start_figures(self.stream, parse_message(self.call.start())))
         return self
 
     def figures(self):
-        self.tell("figures", figures(self.stream))
+        self.tell("figures", audio_figures(self.stream))
 
     def end(self, ended_by="stop"):
         super().end(ended_by)

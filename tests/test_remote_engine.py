@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import FIXTURES, SENTENCES_WER_BOUND, model_directory, requires, simulate
 
+from mediastream.chat import free_port
 from mediastream.wer import word_error_rate
 
 pytestmark = [
@@ -21,14 +22,6 @@ pytestmark = [
     requires("faster_whisper_server", "requirements-transcription-server.txt"),
 ]
 SENTENCES = json.loads((FIXTURES / "sentences.json").read_text())["sentences"]
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class TranscriptionServer:

@@ -16,7 +16,7 @@ import time
 from collections import Counter, deque
 
 from mediastream import g711
-from mediastream.console import summary_figures
+from mediastream.console import audio_figures, start_figures, summary_figures
 from mediastream.handlers import Handler
 
 UPDATE_SECONDS = 0.25  # a meter moving 4 times a second looks live
@@ -63,15 +63,14 @@ class StreamPanel(Panel):
     (stream.py, speech.py) when an update is due, not per message."""
 
     def __init__(self, stream, event, clock=time.time, server=None):
+        start = start_figures(stream, event)
+        declared = start.pop("tracks")  # (on the page, "tracks" are each track's figures)
         super().__init__(
             {
                 "id": event.stream_sid,
                 "tag": stream.name,
-                "call_sid": event.call_sid,
-                "client": stream.client,
-                "parameters": dict(event.custom_parameters),
-                "mode": stream.mode,
-                "declared_tracks": list(event.tracks),
+                **start,
+                "declared_tracks": declared,
                 "opened": clock() - stream.duration(),  # when the page's clock says it began
                 **({"server": server} if server else {}),
             }
@@ -87,7 +86,7 @@ class StreamPanel(Panel):
 
     def figures(self):
         """What changes all the time, now."""
-        now = figures(self.stream)
+        now = audio_figures(self.stream)
         for name, track in now["tracks"].items():
             track["level"] = level(self.stream.tracks[name].last_audio)
         return {"id": self.stream_sid, **now, "keys": self.keys}
@@ -148,24 +147,6 @@ class RemotePanel(Panel):
     def figures(self):
         tracks = {name: {**track, "level": 0.0} for name, track in self.last["tracks"].items()}
         return {"id": self.stream_sid, **self.last, "tracks": tracks, "keys": self.keys}
-
-
-def figures(stream):
-    """A stream's audio now, as the page shows it (and the fleet's `figures` entries)."""
-    tracks = {}
-    for name, track in stream.tracks.items():
-        speech = track.speech
-        tracks[name] = {
-            "seconds": round(stream.audio_seconds(name), 1),
-            "speaking": bool(speech and speech.speaking),
-            "talk": round(speech.talk_seconds, 1) if speech else None,
-        }
-    return {
-        "duration": round(stream.duration(), 1),
-        "tracks": tracks,
-        "lost_chunks": stream.missing_chunks,
-        "bad_messages": stream.bad_messages,
-    }
 
 
 def _meter_position(magnitude):
