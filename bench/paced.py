@@ -5,9 +5,14 @@
 
 Twilio sends each media message on its own, 20 ms apart per call: every message costs
 the server a wake-up, a socket read and a greenlet switch. So here each message is its
-own write (TCP_NODELAY), 50 a second per call, the calls' schedules spread over the
-20 ms tick. The server under test is pinned to core 0 and this load generator to core 1;
-the server's CPU is read from /proc over the steady part only (every call started, none
+own write (TCP_NODELAY), 50 a second per call; and, as callers dial whenever they do, the
+calls start at their own moments, in random order over OPENING seconds, so their
+schedules (and the server's per-call read timers, which start at a call's `start`) fall
+at random points of the 20 ms tick. (Starting every call at once lines those timers up,
+so one wake-up serves many calls; sending 20 frames back to back each millisecond hands a
+server that reads per message many ready sockets a wake-up. Both flatter someone.)
+The server under test is pinned to core 0 and this load generator to core 1; the
+server's CPU is read from /proc over the steady part only (every call started, none
 ended). For each server it prints CPU microseconds per message, % of a core per 100
 calls, and the calls one core carries at 95% busy (CPU per message divides by the
 messages actually sent in the window); and how late the generator's own sends ran (past
@@ -24,8 +29,10 @@ It prints figures; it is no test.
 """
 
 import argparse
+import heapq
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -54,6 +61,7 @@ TICK = 0.02
 SLOT = 0.001  # sends due within this of now go out without a sleep
 DUE = "<due>"  # in each call's start: when its first media is due, for the probe
 BUSY = 0.95  # a core this busy is full: what is left absorbs bursts
+OPENING = 2.0  # seconds over which the calls start, each at its own moment
 CONTESTANTS = [
     "ours",
     "ours-per-message",
@@ -80,27 +88,34 @@ def frames_of(calls, seconds):
     return conversations
 
 
-def play_paced(urls, conversations, dues, lateness):
-    """The calls (call n into urls[n], its first media due at dues[n], in order), each
-    media message its own write on its schedule, all from this one greenlet: it sleeps only
-    when the next send is SLOT or more ahead (a greenlet and a timer per call could not keep
-    400 calls' schedules on one core). `lateness` gets how late each send ran; its length
+def play_paced(urls, conversations, opens, lateness):
+    """The calls (call n into urls[n]), each started (connected, start) at its moment
+    opens[n] and sending its media from one tick later, each media message its own write on
+    its schedule, all from this one greenlet in the order they are due: it sleeps only when
+    the next send is SLOT or more ahead (a greenlet and a timer per call could not keep 400
+    calls' schedules on one core). `lateness` gets how late each media send ran; its length
     is the number of media messages sent so far."""
     connecting = [gevent.spawn(connect, url, {}) for url in urls]
     gevent.joinall(connecting, raise_error=True)
     sockets = [each.value for each in connecting]
+    media = len(conversations[0]) - 2
+    due = [(opened, call, -1) for call, opened in enumerate(opens)]  # -1: its start
+    heapq.heapify(due)
     try:
         wall = time.time() - time.monotonic()  # the probe's clock is the epoch's
-        for sock, frames, due in zip(sockets, conversations, dues, strict=True):
-            start = frames[1].replace(DUE, repr(wall + due))
-            sock.sendall(encode_frame(frames[0].encode()) + encode_frame(start.encode()))
-        for n in range(len(conversations[0]) - 2):
-            for sock, frames, first_due in zip(sockets, conversations, dues, strict=True):
-                due = first_due + n * TICK
-                if due - time.monotonic() >= SLOT:
-                    gevent.sleep(due - time.monotonic())
-                lateness.append(time.monotonic() - due)
+        while due:
+            at, call, n = heapq.heappop(due)
+            if at - time.monotonic() >= SLOT:
+                gevent.sleep(at - time.monotonic())
+            frames, sock = conversations[call], sockets[call]
+            if n < 0:
+                start = frames[1].replace(DUE, repr(wall + at + TICK))
+                sock.sendall(encode_frame(frames[0].encode()) + encode_frame(start.encode()))
+            else:
+                lateness.append(time.monotonic() - at)
                 sock.sendall(frames[n + 2])
+            if n + 1 < media:
+                heapq.heappush(due, (opens[call] + (n + 2) * TICK, call, n + 1))
     finally:
         for sock in sockets:
             sock.close()
@@ -115,13 +130,13 @@ def measure(name, calls, seconds, pinned=True, echo=None, **environ):
     try:
         conversations = frames_of(calls, seconds)
         start = time.monotonic() + 1.0 + calls * 0.002  # every call connected by then
-        dues = [start + TICK * n / calls for n in range(calls)]
-        callers = [gevent.spawn(play_paced, [server.url] * calls, conversations, dues, lateness)]
+        opens = [start + random.uniform(0, OPENING) for _ in range(calls)]
+        callers = [gevent.spawn(play_paced, [server.url] * calls, conversations, opens, lateness)]
         if echo is not None:
             callers.append(gevent.spawn(echo_call, server.url, seconds, echo))
-        gevent.sleep(start + 2.0 - time.monotonic())  # steady: every call streaming
+        gevent.sleep(start + OPENING + 1.0 - time.monotonic())  # steady: every call streaming
         cpu_before, sent_before = server.cpu_seconds(), len(lateness)
-        gevent.sleep(seconds - 3.0)
+        gevent.sleep(seconds - OPENING - 2.0)  # (until the first call nears its end)
         cpu = server.cpu_seconds() - cpu_before
         messages = len(lateness) - sent_before  # sent in the window, as they were
         gevent.joinall(callers, raise_error=True)
