@@ -355,7 +355,7 @@ def test_a_forty_turn_call_on_the_embedded_model_is_answered_at_every_turn(start
     with wave.open(str(AGENT_CALL)) as wav:
         pcm = wav.readframes(wav.getnframes())
     asked = [QUESTIONS[0], QUESTIONS[3]]
-    pieces, at = [], 0.5
+    pieces, at = [], 4.0  # after the greeting (asked as it plays, the greeting answers it)
     for n in range(40):
         question = asked[n % 2]
         pieces.append(
