@@ -193,7 +193,7 @@ class Agent(Handler):
 
     def untranscribed(self, stream, utterance):
         if self.turn_taking is not None and utterance.track == "inbound":
-            self._handle(stream, turns.NotHeard(time.monotonic(), utterance.problem))
+            self._handle(stream, turns.NotHeard(time.monotonic()))
 
     # An answer's greenlet ----------------------------------------------------------------
 

@@ -9,8 +9,8 @@ The standard library's http.client over gevent's own sockets, done once:
   handshake). One that the server closed while idle is found before it is used; a request
   on a kept connection that the server drops before answering is sent once more, on a new
   one.
-- One TLS context per process: making one reads the system's certificates, about 20 ms
-  of CPU, which on the hub would stall every call.
+- One TLS context per process: making one reads the system's certificates, 43 ms of CPU
+  on the machine of docs/agent.md, which on the hub would stall every call.
 
 Every failure is a ServiceFailed whose `kind` names it (one warning per stream per kind)
 and whose message says it for a person, with what the server's body said, cut short.
@@ -72,7 +72,6 @@ class Pool:
 
     def __init__(self):
         self.idle = {}
-        self.opened = 0  # connections made, for the tests and benches
 
     def take(self, scheme, host, port, timeout):
         """(a connection, whether it was kept from an earlier request)."""
@@ -84,7 +83,6 @@ class Pool:
                 connection.sock.settimeout(timeout)
                 return connection, True
             connection.close()
-        self.opened += 1
         kind = _TLSConnection if scheme == "https" else _Connection
         return kind(host, port, timeout=timeout), False
 

@@ -1,10 +1,11 @@
 """The agent's conversation, with no I/O: the history the model is sent, the sentences cut
 from its stream of text, and what the caller has heard of each answer.
 
-- History: the system prompt, the greeting as the first thing the assistant said, then
-  each caller turn as a user message and each answer as an assistant message. A caller
-  who goes on before hearing anything of an answer (a pause mid-sentence) extends their
-  last message: one answer to the whole turn.
+- History: the system prompt, the caller's words before the greeting (if any), the
+  greeting as the first thing the assistant said, then each caller turn as a user message
+  and what was heard of each answer as an assistant message. A caller who goes on before
+  hearing anything of an answer (a pause mid-sentence) extends their last message: one
+  answer to the whole turn. Past a budget of tokens the oldest turns are dropped whole.
 - Sentences: each one goes to the voice as soon as the model has finished it (the first
   may be a clause, for a sooner start).
 - What was heard: an answer is sent as pieces of audio, a sentence each, each followed

@@ -109,8 +109,9 @@ class Heard:
 
 @dataclass(frozen=True)
 class NotHeard:
+    """The caller's words could not be transcribed (the transcript said why, once)."""
+
     at: float
-    problem: str
 
 
 @dataclass(frozen=True)
