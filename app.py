@@ -10,6 +10,7 @@ goes to the stream's handlers: the console, the recording, speech activity, and 
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import gevent
 from flask import Flask, request
@@ -21,6 +22,7 @@ from mediastream.browser.live import LiveCalls
 from mediastream.browser.pages import browser_pages
 from mediastream.config import Config, ConfigError
 from mediastream.console import Console, configure_logging, startup
+from mediastream.control import CallControl
 from mediastream.fleet import FleetEvents
 from mediastream.handlers import StreamHandlers, enabled
 from mediastream.keywords import Keywords
@@ -76,13 +78,17 @@ DEFAULT_HANDLERS = (
 )
 
 
-def create_app(config=None, handlers=DEFAULT_HANDLERS):
+def create_app(config=None, handlers=DEFAULT_HANDLERS, tools=()):
     """The Flask app with its /media WebSocket route (Flask's factory convention).
 
     `handlers`: Handler classes (or callables taking the Config and returning a Handler),
-    each made once per stream to receive its events."""
+    each made once per stream to receive its events. `tools`: functions the agent's model
+    may call, beside AGENT_TOOLS's (see docs/agent.md)."""
     app = Flask(__name__)
-    app.config["MEDIASTREAM"] = config = config or Config.from_environ()
+    config = config or Config.from_environ()
+    if tools:
+        config = replace(config, tools=(*config.tools, *tools))
+    app.config["MEDIASTREAM"] = config
     app.extensions["connections"] = connections = OpenConnections()
     # The softphone (/phone) streams in with a page credential where Twilio signs.
     credentials = PageCredentials(config.auth_token) if config.auth_token else None
@@ -99,6 +105,7 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS):
         stream_handlers = StreamHandlers(stream, factories, config)
         connection = Connection(ws, stream.log, config.max_message_bytes, config.idle_timeout)
         stream.talkback = Talkback(stream, connection.send_text)
+        stream.control = CallControl(stream, config, lambda: connection.end("closed by the server"))
         with connection:
             connections.add(connection)
             # A connection that never says which stream it is would only hold a socket open.
@@ -216,14 +223,15 @@ def serve(app):
     finished.wait()
 
 
-def main(handlers=DEFAULT_HANDLERS):
+def main(handlers=DEFAULT_HANDLERS, tools=()):
     """`python app.py`: settings from the environment, logs to the console, serve."""
     try:
         config = Config.from_environ()
+        configure_logging(config.log_level, config.log_format)
+        app = create_app(config, handlers, tools)
     except ConfigError as problem:
         sys.exit(f"configuration error: {problem}")
-    configure_logging(config.log_level, config.log_format)
-    serve(create_app(config, handlers))
+    serve(app)
 
 
 if __name__ == "__main__":

@@ -181,16 +181,19 @@ def post_form(url, fields, files, api_key=None, timeout=15.0):
     return request("POST", url, body, content_type, api_key, timeout)
 
 
-def request(method, url, body=None, content_type=None, api_key=None, timeout=15.0):
-    """Send a request on a kept-alive connection; an Answer once the server says 200, or
-    ServiceFailed."""
+def request(
+    method, url, body=None, content_type=None, api_key=None, timeout=15.0, authorization=None
+):
+    """Send a request on a kept-alive connection; an Answer once the server says 200 (or
+    another 2xx), or ServiceFailed. `api_key` goes as a bearer token; `authorization`, a
+    whole Authorization header, instead."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     headers = {}
     if content_type:
         headers["Content-Type"] = content_type
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    if api_key or authorization:
+        headers["Authorization"] = authorization or f"Bearer {api_key}"
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     while True:
         connection, kept = POOL.take(parts.scheme, parts.hostname, port, timeout)
@@ -208,7 +211,7 @@ def request(method, url, body=None, content_type=None, api_key=None, timeout=15.
         except BaseException as error:
             connection.close()
             raise _failure(error, parts.netloc, timeout) from None
-    if response.status != 200:
+    if not 200 <= response.status < 300:
         try:
             text = response.read().decode("utf-8", "replace")
         except (http.client.HTTPException, OSError):

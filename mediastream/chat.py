@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import socket
+from dataclasses import dataclass
 
 import orjson
 
@@ -42,26 +43,76 @@ class ChatModel:
         self.name = name or f"{self.url} (model {model})"
         self.options = options or {}  # more of the request: sampling, for the local model
 
-    def stream(self, messages):
-        """The answer to `messages`, in pieces of text as the model writes them."""
+    def stream(self, messages, tools=()):
+        """The answer to `messages`, as the model writes it: pieces of text (str), then the
+        tools it calls (ToolCall), if any, of `tools` (their schemas)."""
         body = {"model": self.model, "messages": messages, "stream": True, **self.options}
         body["max_tokens"] = MAX_TOKENS
+        if tools:
+            body["tools"] = list(tools)
+        calls = ToolCallParts()
         with post(self.url, body, self.api_key, TIMEOUT) as answer:
             if answer.content_type.startswith("application/json"):  # a server that won't stream
-                yield _content(b"".join(answer.pieces()).decode("utf-8", "replace"), "message")
-                return
-            for line in answer.lines():
-                if not line.startswith("data:"):
-                    continue  # blank lines between events, comments, event names
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    continue  # (the body's end follows: read it, and the connection is kept)
-                if text := _content(data, "delta"):
-                    yield text
+                whole = _choice(b"".join(answer.pieces()).decode("utf-8", "replace"), "message")
+                calls.add(whole.get("tool_calls"), whole=True)
+                yield whole.get("content") or ""
+            else:
+                for line in answer.lines():
+                    if not line.startswith("data:"):
+                        continue  # blank lines between events, comments, event names
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        continue  # (the body's end follows: read it, and the connection is kept)
+                    delta = _choice(data, "delta")
+                    calls.add(delta.get("tool_calls"))
+                    if text := delta.get("content") or "":
+                        yield text
+        yield from calls.calls()
 
 
-def _content(data, key):
-    """The text in a chunk (key "delta") or a whole completion ("message"), or ServiceFailed."""
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the model called: its call's id, the tool's name, the arguments (JSON text,
+    as the model wrote them)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def message(self):
+        """As an assistant message's `tool_calls` item."""
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": function}
+
+
+class ToolCallParts:
+    """A streamed answer's tool calls, put together by `index` as their pieces come (the
+    id and name first, the arguments in pieces), as OpenAI, vLLM and llama.cpp send them."""
+
+    def __init__(self):
+        self.parts = {}  # index -> {"id", "name", "arguments"}
+
+    def add(self, deltas, whole=False):
+        if not isinstance(deltas, list):
+            return
+        for n, delta in enumerate(deltas):
+            index = n if whole else delta.get("index", len(self.parts))
+            part = self.parts.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            function = delta.get("function") or {}
+            part["id"] = delta.get("id") or part["id"]
+            part["name"] += function.get("name") or ""
+            part["arguments"] += function.get("arguments") or ""
+
+    def calls(self):
+        return [
+            ToolCall(part["id"] or f"call_{index}", part["name"], part["arguments"])
+            for index, part in sorted(self.parts.items())
+        ]
+
+
+def _choice(data, key):
+    """A chunk's delta (key "delta") or a whole completion's message ("message"), a dict
+    ({} in a chunk that only counts tokens), or ServiceFailed."""
     try:
         chunk = orjson.loads(data)
     except ValueError:
@@ -71,12 +122,13 @@ def _content(data, key):
         message = error.get("message", error) if isinstance(error, dict) else error
         raise ServiceFailed("error", f"the model said: {cut(message, MESSAGE_CHARACTERS)}")
     try:
-        choices = chunk["choices"]  # empty in a chunk that only counts tokens
-        return (choices[0][key].get("content") or "") if choices else ""
-    except (TypeError, KeyError, IndexError, AttributeError):
-        raise ServiceFailed(
-            "bad answer", f"not a chat completion: {cut(data, MESSAGE_CHARACTERS)}"
-        ) from None
+        choices = chunk["choices"]
+        piece = choices[0][key] if choices else {}
+    except (TypeError, KeyError, IndexError):
+        piece = None
+    if not isinstance(piece, dict):
+        raise ServiceFailed("bad answer", f"not a chat completion: {cut(data, MESSAGE_CHARACTERS)}")
+    return piece
 
 
 def history_tokens(config):

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +51,20 @@ class Config:
     agent_prompt: str = DEFAULT_PROMPT
     agent_greeting: str = "Hello! How can I help you today?"
     agent_history: int | None = None  # tokens of history a request carries (default: chat.py)
+    agent_tools: str | None = None  # a module whose functions are the model's tools
+    tools: tuple = ()  # functions given in Python: create_app(tools=[...])
+    agent_transfer: tuple = ()  # (name, number or sip: URI) pairs: where transfer_call goes
+    agent_filler: str = "One moment, please."  # said once when a tool is slow
+    agent_tool_timeout: float = 10.0  # seconds a tool may take; then the model gets an error
+    agent_digits_timeout: float = 2.0  # seconds after a key that end the keys pressed
+    agent_idle: float = 0.0  # seconds of silence before "Are you still there?" (0: never)
+    agent_idle_prompt: str = "Are you still there?"
     speak: str | None = None  # "local", or a speech server's http(s):// base
     speak_model: str = "tts-1"
     speak_voice: str = "alloy"
     speak_api_key: str | None = field(default=None, repr=False)  # a secret: never shown
+    twilio_account_sid: str | None = None  # with TWILIO_AUTH_TOKEN: Twilio's REST API
+    twilio_api_url: str = "https://api.twilio.com"
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_stream: str = "mediastream:events"  # the Redis Stream every server appends to
     server_name: str | None = None  # how this server is named in the fleet's events
@@ -109,10 +120,30 @@ class Config:
             agent_prompt=environ.get("AGENT_PROMPT") or cls.agent_prompt,
             agent_greeting=(environ.get("AGENT_GREETING") or "").strip() or cls.agent_greeting,
             agent_history=_positive(environ.get("AGENT_HISTORY"), "AGENT_HISTORY", int, None),
+            agent_tools=(environ.get("AGENT_TOOLS") or "").strip() or None,
+            agent_transfer=_destinations(environ.get("AGENT_TRANSFER")),
+            agent_filler=(environ.get("AGENT_FILLER") or "").strip() or cls.agent_filler,
+            agent_tool_timeout=_positive(
+                environ.get("AGENT_TOOL_TIMEOUT"),
+                "AGENT_TOOL_TIMEOUT",
+                float,
+                cls.agent_tool_timeout,
+            ),
+            agent_digits_timeout=_positive(
+                environ.get("AGENT_DIGITS_TIMEOUT"),
+                "AGENT_DIGITS_TIMEOUT",
+                float,
+                cls.agent_digits_timeout,
+            ),
+            agent_idle=_seconds_or_off(environ.get("AGENT_IDLE"), "AGENT_IDLE"),
+            agent_idle_prompt=(environ.get("AGENT_IDLE_PROMPT") or "").strip()
+            or cls.agent_idle_prompt,
             speak=_service(environ.get("SPEAK"), "SPEAK", "a speech server"),
             speak_model=(environ.get("SPEAK_MODEL") or "").strip() or cls.speak_model,
             speak_voice=(environ.get("SPEAK_VOICE") or "").strip() or cls.speak_voice,
             speak_api_key=environ.get("SPEAK_API_KEY") or None,
+            twilio_account_sid=_account_sid(environ.get("TWILIO_ACCOUNT_SID")),
+            twilio_api_url=_twilio_api_url(environ.get("TWILIO_API_URL")),
             redis_url=_redis_url(environ.get("REDIS_URL")),
             redis_stream=(environ.get("REDIS_STREAM") or "").strip() or cls.redis_stream,
             server_name=(environ.get("SERVER_NAME") or "").strip() or None,
@@ -209,6 +240,68 @@ def _service(text, name, what):
             f"not {text!r}"
         )
     return text.rstrip("/")
+
+
+def _seconds_or_off(text, name):
+    """Seconds, or 0 (off)."""
+    if not text:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1
+    if not seconds >= 0:
+        raise ConfigError(f"{name} must be seconds (0: off), not {text!r}")
+    return seconds
+
+
+def _destination(text, name):
+    if re.fullmatch(r"\+[1-9]\d{6,14}", text) or re.fullmatch(r"sip:[^@\s]+@[^@\s]+", text):
+        return text
+    raise ConfigError(
+        f"AGENT_TRANSFER: {text!r} is not a destination (a number in E.164 form, +15550100, "
+        f"or a sip: URI, sip:help@example.com){f' (for {name})' if name else ''}"
+    )
+
+
+def _destinations(text):
+    """AGENT_TRANSFER: one destination, or several by name (name=destination, comma-
+    separated): ((name, destination), ...); one alone is named by itself."""
+    text = (text or "").strip()
+    if not text:
+        return ()
+    if "=" not in text:
+        return ((text, _destination(text, None)),)
+    pairs = []
+    for item in text.split(","):
+        name, _, destination = (part.strip() for part in item.partition("="))
+        if not re.fullmatch(r"[A-Za-z][\w-]*", name):
+            raise ConfigError(
+                f"AGENT_TRANSFER must be one destination, or name=destination pairs "
+                f"(sales=+15550100,support=sip:help@example.com), not {text!r}"
+            )
+        pairs.append((name, _destination(destination, name)))
+    return tuple(pairs)
+
+
+def _account_sid(text):
+    text = (text or "").strip()
+    if text and not re.fullmatch(r"AC[0-9a-fA-F]{32}", text):
+        raise ConfigError(f"TWILIO_ACCOUNT_SID must be AC and 32 hex digits, not {text!r}")
+    return text or None
+
+
+def _twilio_api_url(text):
+    """Twilio's REST API host (a regional edge, a proxy, a test stand-in): scheme and host."""
+    text = (text or "").strip().rstrip("/")
+    if not text:
+        return Config.twilio_api_url
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(
+            f"TWILIO_API_URL must be a URL like https://api.dublin.ie1.twilio.com, not {text!r}"
+        )
+    return text
 
 
 def _redis_url(text):

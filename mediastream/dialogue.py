@@ -24,6 +24,7 @@ SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n")
 ABBREVIATIONS = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.", "No.", "e.g.", "i.e.", "vs.", "etc.")
 CLAUSE_END = re.compile(r"[,;:](?=\s)")
 FIRST_CLAUSE_WORDS = 4
+RUNNING = '{"status": "still running"}'  # a tool's result, until it comes
 MARKUP = re.compile(r"[*_#`~]+|\[|\]\([^)]*\)")  # markdown a voice would read out
 
 
@@ -67,6 +68,21 @@ class Conversation:
         else:
             self.messages.append(message)
 
+    def called(self, tool_calls):
+        """The model called tools (`tool_calls` as the API's assistant message has them):
+        the message, and a `tool` message for each, still running until its result."""
+        self.messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+        for call in tool_calls:
+            self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": RUNNING})
+
+    def tool_result(self, call_id, content):
+        """A tool call's result (its `tool` message's content); nothing if that call's
+        turn has been dropped from the history."""
+        for message in reversed(self.messages):
+            if message.get("tool_call_id") == call_id:
+                message["content"] = content
+                return
+
     def for_model(self):
         """The messages to send. Past the budget, the oldest turns are dropped (never the
         head, never the last turn) down to three quarters of it: the messages then begin
@@ -89,7 +105,11 @@ class Conversation:
 def tokens(message):
     """A message's size in tokens, roughly: English runs about 4 characters a token, and
     a chat template adds a few a message."""
-    return len(message["content"]) // 4 + 4
+    calls = message.get("tool_calls") or ()
+    characters = len(message["content"] or "") + sum(
+        len(call["function"]["name"]) + len(call["function"]["arguments"]) for call in calls
+    )
+    return characters // 4 + 4 + 8 * len(calls)
 
 
 class Sentences:

@@ -22,6 +22,7 @@ import time
 
 import redis
 
+from mediastream.browser.live import agent_line
 from mediastream.speech import clock
 
 BLOCK_MS = 5000  # how long one read waits for new entries
@@ -45,6 +46,13 @@ def describe(kind, event):
             f"{head} {event.get('track')} {clock(event.get('start', 0))}: "
             f'"{event.get("text", "")}"{marks}'
         )
+    if kind in ("agent", "tool"):
+        line = agent_line(event)
+        timed = (
+            f" (voice to voice {line['voice_to_voice']:.2f} s)" if line["voice_to_voice"] else ""
+        )
+        cut_off = " [cut off]" if line["kind"] == "cut" else ""
+        return f'{head} agent {clock(event.get("start", 0))}: "{line["text"]}"{cut_off}{timed}'
     if kind == "end":
         return f"{head} end: ended by {event.get('ended_by')} after {event.get('seconds', 0):.1f} s"
     if kind == "dtmf":

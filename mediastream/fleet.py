@@ -3,7 +3,7 @@ place (REDIS_URL; unset, nothing here runs).
 
 Every server appends to one Redis Stream (REDIS_STREAM, default `mediastream:events`),
 trimmed to about MAXLEN entries. An entry has two fields: `type` (start, figures, dtmf,
-utterance, end) and `json`, an object that always names the stream (`stream_sid`, and
+utterance, agent, tool, end) and `json`, an object that always names the stream (`stream_sid`, and
 `tag`, its last 8 characters, as on the console) and the server it came from (`server`:
 SERVER_NAME, by default this host and port). `python -m mediastream.events` follows it.
 
@@ -172,6 +172,10 @@ class FleetEvents(Handler):
 
     def utterance(self, stream, utterance):
         self.publisher.publish("utterance", stream.stream_sid, utterance.figures())
+
+    def agent(self, stream, act):
+        kind = "tool" if act.kind == "tool" else "agent"
+        self.publisher.publish(kind, stream.stream_sid, act.figures())
 
     def end(self, stream, ended_by):
         if stream.stream_sid:  # a connection that never started is no call

@@ -59,6 +59,7 @@ EVENTS = (
     "bad_message",
     "utterance",
     "untranscribed",
+    "agent",
 )
 
 
@@ -122,6 +123,12 @@ class Handler:
         """An utterance the engine could not transcribe (it failed, or was skipped under
         load), in its place among the utterances: .track, .start, .end as ever, .text
         empty, and .problem, why."""
+
+    def agent(self, stream, act):
+        """What the agent did on a mode=agent stream (agent.Act): act.kind is "said" (an
+        answer played to its end: .text, .voice_to_voice), "cut" (the caller talked over
+        it: .text is what they heard), "tool" (.tool, .arguments, .result or .error,
+        .seconds), "hang_up" or "transfer" (.to); act.start is seconds into the call."""
 
     def finish(self, stream):
         """For a handler that never blocks: the stream has ended; send the last events of
@@ -211,6 +218,9 @@ class StreamHandlers:
 
     def untranscribed(self, utterance):
         self._send("untranscribed", utterance)
+
+    def agent(self, act):
+        self._send("agent", act)
 
     def _send(self, name, *args):
         for handler, method in self._methods[name]:

@@ -58,6 +58,12 @@ AGENT_SECONDS = Histogram(
     ["stage"],  # end_of_turn, transcript, first_token, first_sentence, first_audio
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0),
 )
+AGENT_TOOL_SECONDS = Histogram(
+    "mediastream_agent_tool_seconds",
+    "Seconds each of the agent's tool calls took, by tool",
+    ["tool"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.7, 1.0, 2.0, 5.0, 10.0),
+)
 AGENT_INTERRUPTIONS = Counter(
     "mediastream_agent_interruptions", "Answers the caller talked over (barge-in)"
 )

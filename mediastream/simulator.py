@@ -236,6 +236,7 @@ class CallResult:
     stream_sid: str
     messages: int = 0
     failure: str | None = None
+    ended: str | None = None  # the server ended the stream itself (a normal close)
     heard: bytes = b""  # what the caller heard (mu-law), on a bidirectional stream
     rejections: list = field(default_factory=list)  # what Twilio would have rejected
     latencies: list = field(default_factory=list)  # seconds from a chunk sent to its echo
@@ -289,7 +290,13 @@ def play_call(plan, progress=None):
     try:
         for message in _messages(call, plan, twilio.sending):
             if closed_by_server.ready():
-                result.failure = f"closed by the server ({closed_by_server.value})"
+                # A normal close is the server ending the stream (its agent hung up): on
+                # <Connect>, Twilio goes on to the next verb. Anything else is a failure.
+                if closed_by_server.value == 1000:
+                    seconds = max(call.chunks.values()) * CHUNK_SECONDS
+                    result.ended = f"the server ended the stream (1000) after {seconds:.1f} s"
+                else:
+                    result.failure = f"closed by the server ({closed_by_server.value})"
                 break
             if message is None:  # a pause for real-time pacing
                 continue
@@ -559,8 +566,8 @@ class Report:
             f"{self.messages} messages in {self.seconds:.1f} s, {rate:.0f} messages/s"
         )
         for number, result in enumerate(self.results, 1):
-            if result.failure:
-                yield f"  call {number} ({result.stream_sid}): {result.failure}"
+            if result.failure or result.ended:
+                yield f"  call {number} ({result.stream_sid}): {result.failure or result.ended}"
             for rejection in sorted(set(result.rejections)):
                 count = result.rejections.count(rejection)
                 yield f"  call {number} ({result.stream_sid}): {rejection}, {count}x"

@@ -79,6 +79,7 @@ class MediaStream:
         self.stopped = False
         self.mode = None  # the TwiML's "mode" parameter: a bidirectional stream has one
         self.talkback = None  # the way back to Twilio (talkback.Talkback), set by the route
+        self.control = None  # the call's control (control.CallControl), set by the route
         self.handlers = None  # its handlers (handlers.StreamHandlers), which set it
         self.handler_problems = {}  # handler name -> what went wrong, for the summary
         self.log = StreamLog(self)

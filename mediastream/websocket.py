@@ -37,6 +37,7 @@ from werkzeug.routing import Rule
 from mediastream.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     MAX_MESSAGE_BYTES,
     OPCODE_CLOSE,
@@ -391,6 +392,11 @@ class Connection:
                 ),
                 block=False,
             )
+
+    def end(self, ended_by):
+        """End it from anywhere (a handler closing the stream): its reading greenlet
+        leaves the block, and the peer gets a normal close."""
+        self.greenlet.kill(ConnectionEnded(ended_by, None, CLOSE_NORMAL), block=False)
 
     def _end(self, ended_by, problem, close_code):
         self.ended_by = ended_by

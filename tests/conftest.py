@@ -1,5 +1,6 @@
 """Fixtures: the real server, started as `python app.py` on a free loopback port."""
 
+import base64
 import contextlib
 import importlib.util
 import json
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import wave
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -381,6 +384,111 @@ def fresh_stub(request):
     stub = OpenAIStub(tls=getattr(request, "param", False))
     yield stub
     stub.stop()
+
+
+class TwilioAPI:
+    """A stand-in of Twilio's REST API on loopback (TWILIO_API_URL): it keeps each request
+    (method, path, Authorization, the form's fields) and answers as Twilio does to a call
+    update (200 and the call's JSON), or with `status` (Twilio's error body), after
+    `delay` seconds."""
+
+    ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+    AUTH_TOKEN = "stand-in-auth-token"
+
+    def __init__(self):
+        self.requests = []
+        self.status = 200
+        self.delay = 0.0
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                form = {name: value for name, value in urllib.parse.parse_qsl(body)}
+                api.requests.append(
+                    {
+                        "method": "POST",
+                        "path": self.path,
+                        "authorization": self.headers.get("Authorization"),
+                        "content_type": self.headers.get("Content-Type"),
+                        "form": form,
+                    }
+                )
+                time.sleep(api.delay)
+                if api.status == 200:
+                    answer = {"sid": self.path.rsplit("/", 1)[-1].removesuffix(".json")}
+                    answer["status"] = form.get("Status", "in-progress")
+                else:
+                    answer = {"code": 20404, "message": "stand-in says no", "status": api.status}
+                data = json.dumps(answer).encode()
+                self.send_response(api.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def environ(self):
+        """The server's settings for it."""
+        return {
+            "TWILIO_ACCOUNT_SID": self.ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": self.AUTH_TOKEN,
+            "TWILIO_API_URL": self.url,
+        }
+
+    def basic_auth(self):
+        secret = base64.b64encode(f"{self.ACCOUNT_SID}:{self.AUTH_TOKEN}".encode()).decode()
+        return f"Basic {secret}"
+
+    def call_path(self, call_sid):
+        return f"/2010-04-01/Accounts/{self.ACCOUNT_SID}/Calls/{call_sid}.json"
+
+
+@pytest.fixture
+def twilio_api():
+    api = TwilioAPI()
+    yield api
+    api.server.shutdown()
+
+
+AGENT_CALL = FIXTURES / "agent-call.wav"  # three turns; the third talks over an answer
+
+
+def agent_call(server, tmp_path, *options, seconds=None, linger=1, wav=AGENT_CALL, timeout=90):
+    """A mode=agent call played into `server` (with simulate.py's `options` more); its
+    console lines and what the caller heard (16-bit PCM at 8 kHz)."""
+    heard = tmp_path / f"heard-{len(list(tmp_path.iterdir()))}.wav"
+    if seconds:
+        options = (*options, "--seconds", str(seconds))
+    status, output = simulate(
+        server,
+        *("--param", "mode=agent", "--wav", str(wav), "--output", str(heard)),
+        *("--linger", str(linger), *options),
+        timeout=timeout,
+    )
+    assert status == 0 and "Twilio would reject" not in output, output
+    tag = server.wait_for(r"\[(\w{8})\] summary:")[1]  # each test's server has one call
+    lines = "\n".join(server.lines(f"[{tag}]"))
+    with wave.open(str(heard)) as wav_file:
+        return lines, wav_file.readframes(wav_file.getnframes())
+
+
+def loud(pcm, start, end):
+    """Whether the caller heard anything between `start` and `end` seconds."""
+    samples = memoryview(pcm[int(start * 8000) * 2 : int(end * 8000) * 2]).cast("h")
+    return max(map(abs, samples), default=0) > 500
+
+
+def stand_ins(start_server, stub, **environ):
+    """The server with `stub` as its model, voice and transcription server."""
+    tls = {"SSL_CERT_FILE": str(TLS_CERTIFICATE)} if stub.base.startswith("https") else {}
+    return start_server(AGENT=stub.url, SPEAK=stub.url, TRANSCRIBE=stub.url, **tls, **environ)
 
 
 def caller_wav(path, turns, seconds):

@@ -17,7 +17,12 @@ is told), or fails as told.
   chat and speech with "pause" (seconds between pieces) and "break_after" (that many
   pieces, then the connection is dropped); chat with "number" (its text as a number, as
   no server should send it); {"answer": "..."} sets FILLER;
-  {"transcripts": [...]} the transcriptions' texts, in turn (then TRANSCRIPT).
+  {"transcripts": [...]} the transcriptions' texts, in turn (then TRANSCRIPT);
+  {"tool_calls": [[{"name": ..., "arguments": "..."}, ...], ...]} the tools the next chat
+  requests call, a list each, in turn (streamed as OpenAI splits them: id and name first,
+  the arguments in pieces; several calls one after the other, by index), with
+  {"tool_text": "..."} said before them. A request whose last message is a tool's result
+  is answered "Done: <the results>. FILLER".
 - GET /requests: every chat request; GET /connections: each request's kind, when it
   began and ended, whether its client hung up before the end ("gone"), and which
   connection it came on (its client's port).
@@ -54,10 +59,40 @@ def hum(seconds, pitch=140.0):
 WORD = hum(0.25) + bytes(2 * int(0.05 * RATE))
 
 
+def _event(chunk):
+    chunk = {"object": "chat.completion.chunk", **chunk}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def _asked(messages):
+    """The last assistant message that called tools."""
+    return next(m for m in reversed(messages) if m.get("tool_calls"))
+
+
+def _tool_chunks(calls):
+    """An answer that calls `calls`, as OpenAI streams it."""
+    events = [_event({"choices": [{"delta": {"role": "assistant", "content": None}}]})]
+    if Stub.tool_text:
+        for word in Stub.tool_text.split(" "):
+            events.append(_event({"choices": [{"delta": {"content": word + " "}}]}))
+    for index, call in enumerate(calls):
+        head = {"index": index, "id": f"call_{len(Stub.requests)}_{index}", "type": "function"}
+        head["function"] = {"name": call["name"], "arguments": ""}
+        events.append(_event({"choices": [{"delta": {"tool_calls": [head]}}]}))
+        arguments = call.get("arguments", "{}")
+        for start in range(0, len(arguments), 7):
+            piece = {"index": index, "function": {"arguments": arguments[start : start + 7]}}
+            events.append(_event({"choices": [{"delta": {"tool_calls": [piece]}}]}))
+    finish = {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}
+    return [*events, _event(finish), b"data: [DONE]\n\n"]
+
+
 class Stub:
     behaviour = {"chat": {}, "speech": {}, "transcription": {}}
     answer = FILLER
     transcripts = []
+    tool_calls = []
+    tool_text = ""
     requests = []
     served = []  # {"kind", "began", "ended", "gone", "connection"} a request
 
@@ -90,6 +125,8 @@ class Handler(BaseHTTPRequestHandler):
             Stub.behaviour = {kind: body.get(kind, {}) for kind in Stub.behaviour}
             Stub.answer = body.get("answer", FILLER)
             Stub.transcripts = body.get("transcripts", [])
+            Stub.tool_calls = body.get("tool_calls", [])
+            Stub.tool_text = body.get("tool_text", "")
             return self._json(200, {})
         if self.path.endswith("/audio/transcriptions"):
             kind, body = "transcription", {}
@@ -123,15 +160,21 @@ class Handler(BaseHTTPRequestHandler):
         return self._speech(body)
 
     def _chat(self, body):
-        said = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
-        words = f"You said: {said.strip().rstrip('.?!')}. {Stub.answer}".split(" ")
+        messages = body["messages"]
+        if messages[-1]["role"] == "tool":
+            results = [m["content"] for m in messages[messages.index(_asked(messages)) + 1 :]]
+            text = f"Done: {'; '.join(results)}. {Stub.answer}"
+        elif Stub.tool_calls and body.get("tools"):
+            return self._stream("text/event-stream", _tool_chunks(Stub.tool_calls.pop(0)))
+        else:
+            said = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+            text = f"You said: {said.strip().rstrip('.?!')}. {Stub.answer}"
         events = []
-        for n, word in enumerate(words):
-            chunk = {"object": "chat.completion.chunk", "choices": [{"delta": {}}]}
-            chunk["choices"][0]["delta"]["content"] = word if n == 0 else " " + word
+        for n, word in enumerate(text.split(" ")):
+            delta = {"content": word if n == 0 else " " + word}
             if Stub.behaviour["chat"].get("number"):
-                chunk["choices"][0]["delta"]["content"] = n
-            events.append(f"data: {json.dumps(chunk)}\n\n".encode())
+                delta["content"] = n
+            events.append(_event({"choices": [{"delta": delta}]}))
         events.append(b"data: [DONE]\n\n")
         self._stream("text/event-stream", events, Stub.behaviour["chat"])
 

@@ -15,46 +15,23 @@ import wave
 import pytest
 import requests
 from conftest import (
+    AGENT_CALL,
     FIXTURES,
-    TLS_CERTIFICATE,
+    agent_call,
     caller_wav,
     finished,
+    loud,
     requires,
-    simulate,
+    stand_ins,
     start_simulation,
 )
 
 from mediastream.config import Config, ConfigError
 
-AGENT_CALL = FIXTURES / "agent-call.wav"  # three turns; the third talks over an answer
 QUESTIONS = json.loads((FIXTURES / "agent-call.json").read_text())["sentences"]
 SHORT_ANSWER = "I can help with that."
 
 engine = requires("faster_whisper", "requirements-transcribe.txt")
-
-
-def call(server, tmp_path, seconds=None, linger=1, wav=AGENT_CALL, timeout=90):
-    """The agent call played into `server`; its console lines and what the caller heard
-    (16-bit PCM at 8 kHz)."""
-    heard = tmp_path / f"heard-{len(list(tmp_path.iterdir()))}.wav"
-    options = ["--seconds", str(seconds)] if seconds else []
-    status, output = simulate(
-        server,
-        *("--param", "mode=agent", "--wav", str(wav), "--output", str(heard)),
-        *("--linger", str(linger), *options),
-        timeout=timeout,
-    )
-    assert status == 0 and "Twilio would reject" not in output, output
-    tag = server.wait_for(r"\[(\w{8})\] summary:")[1]  # each test's server has one call
-    lines = "\n".join(server.lines(f"[{tag}]"))
-    with wave.open(str(heard)) as wav:
-        return lines, wav.readframes(wav.getnframes())
-
-
-def loud(pcm, start, end):
-    """Whether the caller heard anything between `start` and `end` seconds."""
-    samples = memoryview(pcm[int(start * 8000) * 2 : int(end * 8000) * 2]).cast("h")
-    return max(map(abs, samples), default=0) > 500
 
 
 @pytest.fixture
@@ -68,7 +45,7 @@ def agent_server(start_server, openai_stub):
 def test_three_turns_one_answer_each_and_a_barge_in_keeps_what_was_heard(
     agent_server, openai_stub, tmp_path
 ):
-    lines, heard = call(agent_server, tmp_path)
+    lines, heard = agent_call(agent_server, tmp_path)
     assert loud(heard, 0.1, 1.5)  # the greeting
     assert 'agent said: "Hello! How can I help you today?"' in lines
     # (A turn's answer that began as the caller went on is dropped, and that turn's
@@ -127,7 +104,7 @@ def test_a_failing_model_or_voice_is_one_warning_and_the_call_goes_on(
     agent_server, openai_stub, tmp_path, behaviour, warning
 ):
     openai_stub.control(answer=SHORT_ANSWER, **behaviour)
-    lines, heard = call(agent_server, tmp_path, seconds=17.5, linger=2.5)  # two turns
+    lines, heard = agent_call(agent_server, tmp_path, seconds=17.5, linger=2.5)  # two turns
     assert lines.count("WARNING") == 1 and warning in lines, lines
     assert "Traceback" not in agent_server.log()
     assert "summary: stream" in lines
@@ -142,13 +119,13 @@ def test_a_failing_model_or_voice_is_one_warning_and_the_call_goes_on(
 @pytest.mark.transcribe
 def test_a_model_that_is_not_there_is_said_once(start_server, openai_stub, tmp_path):
     server = start_server(AGENT="http://127.0.0.1:9/v1", SPEAK=openai_stub.url, TRANSCRIBE="local")
-    lines, _ = call(server, tmp_path, seconds=9)
+    lines, _ = agent_call(server, tmp_path, seconds=9)
     assert "agent: the model failed: connection refused (is 127.0.0.1:9 running?)" in lines
 
 
 def test_mode_agent_without_an_agent_says_why_and_nobody_answers(start_server, tmp_path):
     server = start_server()
-    lines, heard = call(server, tmp_path, seconds=2)
+    lines, heard = agent_call(server, tmp_path, seconds=2)
     assert "agent: mode=agent, but AGENT is not set: nobody answers" in lines
     assert not loud(heard, 0, 2)
 
@@ -193,12 +170,6 @@ def test_the_agent_settings_are_read_and_secrets_never_shown():
 # Stand-ins for all three tiers (transcription too): no Whisper, the caller a hum ---------
 
 
-def stand_ins(start_server, stub, **environ):
-    """The server with `stub` as its model, voice and transcription server."""
-    tls = {"SSL_CERT_FILE": str(TLS_CERTIFICATE)} if stub.base.startswith("https") else {}
-    return start_server(AGENT=stub.url, SPEAK=stub.url, TRANSCRIBE=stub.url, **tls, **environ)
-
-
 def user(text):
     return {"role": "user", "content": text}
 
@@ -212,7 +183,7 @@ def test_a_caller_who_says_hello_first_hears_the_greeting_when_they_stop(
     )
     server = stand_ins(start_server, fresh_stub)
     wav = caller_wav(tmp_path / "caller.wav", [(0.05, 0.65), (5.0, 6.5)], 10)
-    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    lines, heard = agent_call(server, tmp_path, wav=wav, linger=1.5)
     assert not loud(heard, 0, 1.2) and loud(heard, 1.6, 3.0), lines  # after their hello
     assert lines.count(f'agent said: "{Config.agent_greeting}"') == 1, lines
     assert "agent: the caller spoke first; the greeting plays when they stop" in lines
@@ -231,7 +202,7 @@ def test_words_a_transcription_server_could_not_hear_get_sorry_each_time(
     fresh_stub.control(transcription={"status": 500})
     server = stand_ins(start_server, fresh_stub)
     wav = caller_wav(tmp_path / "caller.wav", [(3.0, 4.5), (7.0, 8.5)], 11)
-    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    lines, heard = agent_call(server, tmp_path, wav=wav, linger=1.5)
     assert lines.count('agent said: "Sorry, I didn\'t catch that."') == 2, lines
     assert loud(heard, 5.1, 6.5) and loud(heard, 9.1, 10.5)
     assert lines.count("WARNING") == 1 and "the engine failed: HTTP 500" in lines, lines
@@ -257,7 +228,7 @@ def test_a_model_that_fails_mid_answer_gets_the_caller_an_apology_kept_out_of_th
     fresh_stub.control(chat=chat)
     server = stand_ins(start_server, fresh_stub)
     wav = caller_wav(tmp_path / "caller.wav", [(3.0, 4.5), (8.0, 9.5)], 13)
-    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    lines, heard = agent_call(server, tmp_path, wav=wav, linger=1.5)
     tag = re.search(r"\[(\w{8})\] summary", lines)[1]
     assert len(re.findall("WARNING|ERROR", lines)) == 1 and line.format(tag) in lines, lines
     assert lines.count('agent said: "Sorry, I can\'t answer that right now."') == 2, lines
@@ -312,7 +283,7 @@ def test_the_three_tiers_share_kept_alive_connections(start_server, fresh_stub, 
     fresh_stub.control(answer="Sure.")
     server = stand_ins(start_server, fresh_stub)
     wav = caller_wav(tmp_path / "caller.wav", [(2.0, 3.0), (6.0, 7.0)], 10)
-    lines, heard = call(server, tmp_path, wav=wav, linger=1.5)
+    lines, heard = agent_call(server, tmp_path, wav=wav, linger=1.5)
     assert re.search(r"agent: 2 turns, voice to voice median [\d.]+ s", lines), lines
     served = fresh_stub.served()
     kinds = [r["kind"] for r in served]
@@ -333,7 +304,7 @@ def test_the_embedded_default_greets_and_answers_out_loud(start_server, tmp_path
 
     server = start_server(AGENT="local", SPEAK="local", TRANSCRIBE="local")
     server.wait_for(r"agent: model SmolLM2-135M-Instruct \(Q4_1\), local.*voice Piper", 60)
-    lines, heard = call(server, tmp_path, seconds=11)
+    lines, heard = agent_call(server, tmp_path, seconds=11)
     whisper = WhisperModel(packaged_model(), device="cpu", compute_type="int8", cpu_threads=2)
     greeting = transcribe(whisper, heard[: int(QUESTIONS[0]["start"] * 8000) * 2])
     assert "help" in greeting.lower(), greeting
@@ -373,7 +344,7 @@ def test_a_forty_turn_call_on_the_embedded_model_is_answered_at_every_turn(start
         wav.writeframes(bytes(caller))
     server = start_server(AGENT="local", SPEAK="local", TRANSCRIBE="local", AGENT_HISTORY="300")
     server.wait_for(r"agent: model SmolLM2.*history up to 300 tokens", 60)
-    lines, _ = call(server, tmp_path, wav=long_call, linger=3, timeout=at + 60)
+    lines, _ = agent_call(server, tmp_path, wav=long_call, linger=3, timeout=at + 60)
     assert "failed" not in lines and "WARNING" not in lines, lines
     turns = [int(n) for n in re.findall(r"agent: turn (\d+): voice to voice", lines)]
     assert turns == list(range(1, 41)), lines

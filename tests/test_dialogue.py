@@ -7,7 +7,7 @@ import numpy
 import pytest
 
 from mediastream.apiclient import ServiceFailed, error_message
-from mediastream.chat import _content
+from mediastream.chat import ToolCall, ToolCallParts, _choice
 from mediastream.dialogue import Conversation, Playback, Sentences, speakable, words_within
 from mediastream.voices import PhoneAudio, wav_format
 
@@ -105,10 +105,29 @@ def test_words_within_a_fraction_of_a_sentence(fraction, words):
 
 def test_chat_chunks_and_whole_completions_give_their_text():
     chunk = '{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}'
-    assert _content(chunk, "delta") == "Hi"
-    assert _content('{"choices":[],"usage":{"total_tokens":3}}', "delta") == ""
+    assert _choice(chunk, "delta") == {"content": "Hi"}
+    assert _choice('{"choices":[],"usage":{"total_tokens":3}}', "delta") == {}
     whole = '{"choices":[{"message":{"role":"assistant","content":"Hello."}}]}'
-    assert _content(whole, "message") == "Hello."
+    assert _choice(whole, "message")["content"] == "Hello."
+
+
+def test_streamed_tool_calls_are_put_together_by_index():
+    # As OpenAI streams two calls: each call's id and name first, its arguments in pieces,
+    # the second call's pieces after the first's (vLLM and llama.cpp's server alike).
+    deltas = [
+        [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "order_status"}}],
+        [{"index": 0, "function": {"arguments": '{"order'}}],
+        [{"index": 0, "function": {"arguments": '_id": "4572"}'}}],
+        [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "end_call"}}],
+        [{"index": 1, "function": {"arguments": "{}"}}],
+    ]
+    parts = ToolCallParts()
+    for delta in deltas:
+        parts.add(delta)
+    assert parts.calls() == [
+        ToolCall("call_1", "order_status", '{"order_id": "4572"}'),
+        ToolCall("call_2", "end_call", "{}"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -121,7 +140,7 @@ def test_chat_chunks_and_whole_completions_give_their_text():
 )
 def test_a_chunk_that_is_not_one_says_what_it_was(data, kind, says):
     with pytest.raises(ServiceFailed) as failure:
-        _content(data, "delta")
+        _choice(data, "delta")
     assert failure.value.kind == kind and says in str(failure.value)
 
 

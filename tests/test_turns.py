@@ -3,23 +3,34 @@ actions out, written as a person would read a call's console."""
 
 import pytest
 
-from mediastream.dialogue import Conversation
+from mediastream.chat import ToolCall
+from mediastream.dialogue import RUNNING, Conversation
+from mediastream.tools import END_CALL, tool_from, transfer_tool
 from mediastream.turns import (
     APOLOGY,
+    GOODBYE,
     NOT_CAUGHT,
+    NOT_TRANSFERRED,
+    TRANSFERRING,
     AnswerFailed,
     AnswerSent,
+    Ask,
     Begin,
     CallEnded,
     Cancel,
     Clear,
     CutIn,
+    Filler,
     GreetingWaits,
+    HangUp,
     Heard,
+    KeyPressed,
     MarkPlayed,
     ModelDone,
     ModelWrote,
     NotHeard,
+    Options,
+    RunTool,
     Said,
     SendAudio,
     SendMark,
@@ -29,7 +40,12 @@ from mediastream.turns import (
     SpeechEnded,
     SpeechLasted,
     Started,
+    Tick,
     Timed,
+    ToolDone,
+    ToolRan,
+    Transfer,
+    TransferFailed,
     TurnTaking,
     VoiceAudio,
     Warn,
@@ -42,8 +58,8 @@ PROMPT, GREETING = "Be brief.", "Hello! How can I help?"
 class Call:
     """A TurnTaking fed events at made-up times; what it did, in words."""
 
-    def __init__(self, history_tokens=10_000):
-        self.turns = TurnTaking(PROMPT, GREETING, history_tokens)
+    def __init__(self, history_tokens=10_000, options=None):
+        self.turns = TurnTaking(PROMPT, GREETING, history_tokens, options or Options())
         self.answers = []  # each Begin's answer, in order
 
     def send(self, event):
@@ -54,8 +70,21 @@ class Call:
             case Begin(answer):
                 self.answers.append(answer)
                 return f"begin {answer.kind}" + (f": {answer.script}" if answer.script else "")
-            case Speak(_, text):
-                return f"speak: {text}"
+            case Ask(answer):
+                return "ask again" + (f": {answer.script}" if answer.script else "")
+            case Speak(_, text, remembered):
+                return f"speak: {text}" + ("" if remembered else " (not remembered)")
+            case Filler(_, text):
+                return f"filler: {text}"
+            case RunTool(call_id, tool, arguments):
+                return f"run {tool.name}({arguments}) as {call_id}"
+            case ToolRan(name, _, result, error, _, warn):
+                outcome = f"error {error}" if error else f"gave {result}"
+                return f"{'warn: ' if warn else ''}{name} {outcome}"
+            case HangUp(why):
+                return f"hang up ({why})"
+            case Transfer(name, destination):
+                return f"transfer to {name} ({destination})"
             case SendAudio():
                 return "audio"
             case SendMark(name):
@@ -88,11 +117,11 @@ class Call:
             SentenceSpoken(answer)
         )
 
-    def model(self, at, *pieces, answer=None):
-        """The model writes `pieces`, then finishes."""
+    def model(self, at, *pieces, answer=None, calls=()):
+        """The model writes `pieces`, then finishes (calling `calls`)."""
         answer = answer or self.answer
         actions = [a for text in pieces for a in self.send(ModelWrote(answer, at, text))]
-        return actions + self.send(ModelDone(answer, at))
+        return actions + self.send(ModelDone(answer, at, tuple(calls)))
 
     def caller(self, began, ended, text=None, heard_at=None, end_frame=None):
         """The caller speaks from `began` to `ended` (seconds), for words (0.3 s or more);
@@ -265,7 +294,7 @@ def test_a_model_that_fails_mid_answer_says_sorry_apart_from_what_it_said():
     failed = AnswerFailed(reply, "the model", "connection lost", "the answer broke off")
     assert call.send(failed) == [
         "warn: the model: the answer broke off",
-        f"speak: {APOLOGY}",
+        f"speak: {APOLOGY} (not remembered)",
     ]
     assert call.voice(6.5, APOLOGY) == ["audio", "mark agent-3"]
     call.send(AnswerSent(reply))
@@ -275,7 +304,7 @@ def test_a_model_that_fails_mid_answer_says_sorry_apart_from_what_it_said():
     # The same failure again: the apology, and no second warning.
     call.caller(9.0, 10.0, "Hello?")
     assert call.send(AnswerFailed(call.answer, "the model", "connection lost", "x")) == [
-        f"speak: {APOLOGY}"
+        f"speak: {APOLOGY} (not remembered)"
     ]
 
 
@@ -298,7 +327,10 @@ def test_anything_else_that_fails_in_an_answer_is_one_warning_and_the_apology():
     greeted(call)
     call.caller(3.0, 5.0, "What time do you open?")
     failed = AnswerFailed(call.answer, "the answer", "KeyError", "KeyError: 'x'")
-    assert call.send(failed) == ["warn: the answer: KeyError: 'x'", f"speak: {APOLOGY}"]
+    assert call.send(failed) == [
+        "warn: the answer: KeyError: 'x'",
+        f"speak: {APOLOGY} (not remembered)",
+    ]
 
 
 def test_nothing_of_an_answer_outlives_the_call():
@@ -344,3 +376,290 @@ def test_after_a_cut_the_history_grows_again_to_the_budget_before_the_next():
         conversation.answered(f"a{turn} " + "word " * 10)
     assert first == ["u1", "u1", "u1", "u3", "u3", "u5"]
     assert conversation.dropped == 4
+
+
+# Tools, call control, keys and silence ------------------------------------------------
+
+
+def order_status(order_id: str) -> str:
+    """Where an order is."""
+
+
+ORDER_STATUS = tool_from(order_status)
+DESTINATIONS = {"sales": "+15550100", "support": "sip:h@x.io"}
+TOOLS = Options(
+    tools=(ORDER_STATUS, END_CALL, transfer_tool(DESTINATIONS)), transfer=DESTINATIONS, idle=8.0
+)
+
+
+def asked(call, at=5.0, text="Where is my order 4572?"):
+    """A greeted call whose caller asks `text`: the reply is begun."""
+    greeted(call)
+    assert call.caller(3.0, at - 0.5, text, heard_at=at) == ["begin reply"]
+    return call.answer
+
+
+def tool_call(name, arguments="{}", call_id="call_1"):
+    return ToolCall(call_id, name, arguments)
+
+
+def called(call_id, name, arguments="{}"):
+    """The assistant message with one tool call, as the history keeps it."""
+    function = {"name": name, "arguments": arguments}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+    }
+
+
+def result(call_id, content):
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def test_a_tool_the_model_calls_runs_and_the_model_is_asked_again_with_its_result():
+    call = Call(options=TOOLS)
+    reply = asked(call)
+    order = tool_call("order_status", '{"order_id": "4572"}')
+    assert call.model(5.3, calls=[order]) == ["run order_status({'order_id': '4572'}) as call_1"]
+    # Until it returns, the history says it is running: valid for the API at every moment.
+    assert call.messages()[-2:] == [
+        called("call_1", order.name, order.arguments),
+        result("call_1", RUNNING),
+    ]
+    assert call.send(Tick(5.6)) == []  # 0.3 s: no filler yet
+    assert call.send(AnswerSent(reply)) == []  # (its first round: more is coming)
+    assert call.send(ToolDone("call_1", 5.65, "Shipped on Monday.")) == [
+        "order_status gave Shipped on Monday.",
+        "ask again",
+    ]
+    assert reply.messages[-3:] == [
+        user("Where is my order 4572?"),
+        called("call_1", order.name, order.arguments),
+        result("call_1", "Shipped on Monday."),
+    ]
+    assert call.model(5.9, "It shipped on Monday.") == ["speak: It shipped on Monday."]
+    assert call.voice(6.0, "It shipped on Monday.") == ["turn 1 timed", "audio", "mark agent-2"]
+    assert call.send(AnswerSent(reply)) == []
+    assert call.send(MarkPlayed(7.0, "agent-2")) == ["said: It shipped on Monday."]
+    assert reply.timing.stages == pytest.approx(
+        {"transcript": 0.8, "end_of_turn": 0.5, "tool_called": 1.1, "tool_done": 1.45,
+         "next_token": 1.7, "first_sentence": 1.7, "first_audio": 1.8}
+    )  # fmt: skip
+    assert call.messages()[-1] == assistant("It shipped on Monday.")
+
+
+def test_a_slow_tool_gets_one_filler_that_stays_out_of_the_history():
+    call = Call(options=TOOLS)
+    reply = asked(call)
+    call.model(5.3, calls=[tool_call("order_status", '{"order_id": "1"}')])
+    assert call.send(Tick(5.9)) == []
+    assert call.send(Tick(6.0)) == ["filler: One moment, please."]
+    assert call.send(Tick(6.5)) == []  # once
+    assert call.send(VoiceAudio(reply, 6.1, "One moment, please.", b"", 1.0, False)) == [
+        "turn 1 timed",
+        "audio",
+    ]
+    call.send(SentenceSpoken(reply))
+    call.send(AnswerSent(reply))  # the first round's
+    call.send(ToolDone("call_1", 7.0, "Shipped."))
+    call.model(7.2, "Shipped.")
+    call.voice(7.3, "Shipped.")
+    call.send(AnswerSent(reply))
+    call.send(MarkPlayed(7.5, "agent-2"))
+    assert call.send(MarkPlayed(8.5, "agent-3")) == ["said: One moment, please. Shipped."]
+    assert call.messages()[-1] == assistant("Shipped.")
+
+
+def test_tools_that_cannot_run_give_the_model_an_error_and_one_warning_per_tool():
+    call = Call(options=TOOLS)
+    asked(call)
+    calls = [
+        tool_call("order_status", '{"order_id": 45', "call_1"),  # cut short: not JSON
+        tool_call("book_table", "{}", "call_2"),
+        tool_call("order_status", '{"order_id": 4572}', "call_3"),  # a number, not a string
+    ]
+    assert call.model(5.3, calls=calls) == [
+        """warn: order_status error the arguments are not JSON: '{"order_id": 45'""",
+        "warn: book_table error there is no tool named 'book_table'",
+        "order_status error order_id must be a string, not 4572",
+        "ask again",
+    ]
+    assert [m["content"] for m in call.answer.messages[-3:]] == [
+        """{"error":"the arguments are not JSON: '{\\"order_id\\": 45'"}""",
+        """{"error":"there is no tool named 'book_table'"}""",
+        '{"error":"order_id must be a string, not 4572"}',
+    ]
+
+
+def test_a_tool_that_raises_or_times_out_is_an_error_for_the_model():
+    call = Call(options=TOOLS)
+    asked(call)
+    call.model(5.3, calls=[tool_call("order_status", '{"order_id": "1"}')])
+    assert call.send(ToolDone("call_1", 5.4, None, "RuntimeError: db down")) == [
+        "warn: order_status error RuntimeError: db down",
+        "ask again",
+    ]
+    call.model(5.5, calls=[tool_call("order_status", '{"order_id": "2"}', "call_2")])
+    call.send(Tick(5.6 + 0.7))  # (the filler)
+    assert call.send(Tick(15.6)) == [
+        "order_status error it took longer than 10 s",  # (warned once already)
+        "ask again",
+    ]
+    assert call.send(ToolDone("call_2", 16.0, "Shipped.")) == []  # too late: the model was told
+    assert call.messages()[-1] == result("call_2", '{"error":"it took longer than 10 s"}')
+
+
+def test_barge_in_while_a_tool_runs_keeps_its_call_and_result_and_drops_its_answer():
+    call = Call(options=TOOLS)
+    reply = asked(call)
+    order = tool_call("order_status", '{"order_id": "4572"}')
+    assert call.model(5.3, "Let me check.", calls=[order]) == [
+        "speak: Let me check.",
+        "run order_status({'order_id': '4572'}) as call_1",
+    ]
+    call.voice(5.4, "Let me check.")
+    call.send(AnswerSent(reply))
+    call.send(MarkPlayed(6.4, "agent-2"))
+    # The caller talks over the answer (here its filler would come) while the tool runs.
+    assert call.caller(6.5, 7.5, "Actually, never mind.") == [
+        "clear",
+        "cancel reply",
+        "cut in: heard 'Let me check.' of 'Let me check.'",  # (its whole first piece played)
+        "begin reply",
+    ]
+    new_reply = call.answer
+    assert new_reply.messages[-4:] == [
+        called("call_1", order.name, order.arguments),
+        result("call_1", RUNNING),
+        assistant("Let me check."),
+        user("Actually, never mind."),
+    ]
+    # The tool finishes: its result goes in the history; nothing is asked for the old answer.
+    assert call.send(ToolDone("call_1", 8.5, "Shipped on Monday.")) == [
+        "order_status gave Shipped on Monday."
+    ]
+    assert call.messages()[-3] == result("call_1", "Shipped on Monday.")
+    assert call.answer is new_reply
+
+
+def test_tool_rounds_end_with_the_apology_after_five():
+    call = Call(options=TOOLS)
+    reply = asked(call)
+    for n in range(5):
+        call.model(5.3 + n, calls=[tool_call("order_status", '{"order_id": "1"}', f"call_{n}")])
+        assert call.send(ToolDone(f"call_{n}", 5.4 + n, "Shipped.")) == [
+            "order_status gave Shipped.",
+            "ask again",
+        ]
+    assert call.model(11.0, calls=[tool_call("order_status", '{"order_id": "1"}', "call_9")]) == [
+        "warn: the model: it called tools 5 times in one answer; giving up",
+        f"speak: {APOLOGY} (not remembered)",
+    ]
+    assert reply.failed
+
+
+def test_end_call_with_goodbye_hangs_up_once_the_goodbye_has_played():
+    call = Call(options=TOOLS)
+    reply = asked(call, text="That's all, thanks. Bye!")
+    assert call.model(5.3, "Goodbye!", calls=[tool_call("end_call")]) == [
+        "speak: Goodbye!",
+        "end_call gave The call ends once the caller has heard you.",
+    ]
+    call.voice(5.4, "Goodbye!")
+    assert call.send(AnswerSent(reply)) == []
+    assert call.send(MarkPlayed(6.4, "agent-2")) == ["said: Goodbye!", "hang up (goodbye)"]
+    assert call.caller(6.5, 7.0, "Wait!") == []  # the call is ending: nothing more is said
+
+
+def test_end_call_alone_says_goodbye_for_the_model():
+    call = Call(options=TOOLS)
+    reply = asked(call, text="Bye!")
+    assert call.model(5.3, calls=[tool_call("end_call")]) == [
+        "end_call gave The call ends once the caller has heard you.",
+        f"ask again: {GOODBYE}",
+    ]
+    call.voice(5.4, GOODBYE)
+    call.send(AnswerSent(reply))  # the model's round
+    assert call.send(AnswerSent(reply)) == []  # the goodbye's: sent, not yet played
+    assert call.send(MarkPlayed(6.0, "agent-2")) == [f"said: {GOODBYE}", "hang up (goodbye)"]
+    assert call.messages()[-1]["role"] == "tool"  # the server's line is not the model's
+
+
+def test_a_caller_who_talks_over_the_goodbye_keeps_the_call():
+    call = Call(options=TOOLS)
+    reply = asked(call, text="Bye!")
+    call.model(5.3, "Goodbye!", calls=[tool_call("end_call")])
+    call.voice(5.4, "Goodbye!", seconds=2.0)
+    call.send(AnswerSent(reply))
+    assert call.caller(6.0, 7.0, "Oh wait, one more thing.")[-1] == "begin reply"
+    ended = '{"error":"not done: the caller spoke first; the call goes on"}'
+    assert result("call_1", ended) in call.answer.messages
+
+
+def test_transfer_says_a_line_then_transfers_and_a_failure_is_told_to_the_caller():
+    call = Call(options=TOOLS)
+    reply = asked(call, text="I want a person.")
+    assert call.model(5.3, calls=[tool_call("transfer_call", '{"to": "support"}')]) == [
+        "transfer_call gave Transferring the call to support.",
+        f"ask again: {TRANSFERRING}",
+    ]
+    call.voice(5.4, TRANSFERRING)
+    call.send(AnswerSent(reply))
+    call.send(AnswerSent(reply))
+    assert call.send(MarkPlayed(7.0, "agent-2")) == [
+        f"said: {TRANSFERRING}",
+        "transfer to support (sip:h@x.io)",
+    ]
+    assert call.send(TransferFailed()) == [f"begin line: {NOT_TRANSFERRED}"]
+    assert call.messages()[-1] == result("call_1", '{"error":"the transfer failed"}')
+
+
+def test_keys_go_to_the_model_together_and_a_key_stops_an_answer():
+    call = Call(options=TOOLS)
+    greeted(call)
+    assert call.send(KeyPressed(3.0, "4")) == []
+    assert call.send(KeyPressed(3.5, "5")) == []
+    assert call.send(Tick(5.4)) == []
+    assert call.send(KeyPressed(5.45, "#")) == ["begin reply"]  # "#" ends them at once
+    assert call.messages()[-1] == user("(the caller pressed 4 5 #)")
+    reply = call.answer
+    call.model(5.6, "Thanks.")
+    call.voice(5.7, "Thanks.", seconds=3.0)
+    assert call.send(KeyPressed(6.0, "1")) == [
+        "clear",
+        "cancel reply",
+        "cut in: heard '' of 'Thanks.'",
+    ]
+    assert call.send(Tick(7.9)) == []
+    assert call.send(Tick(8.0)) == ["begin reply"]  # 2 s after the last key
+    assert call.messages()[-1] == user("(the caller pressed 1)")
+    assert reply is not call.answer
+
+
+def test_a_silent_caller_is_asked_once_then_the_call_ends():
+    call = Call(options=TOOLS)
+    greeted(call)  # its mark came back at 1.8 s
+    assert call.send(Tick(9.7)) == []
+    assert call.send(Tick(9.8)) == ["begin line: Are you still there?"]
+    call.voice(9.9, "Are you still there?")
+    call.send(AnswerSent(call.answer))
+    assert call.send(MarkPlayed(11.0, "agent-2")) == ["said: Are you still there?"]
+    assert call.send(Tick(18.9)) == []
+    assert call.send(Tick(19.0)) == ["hang up (idle)"]
+    assert call.send(Tick(30.0)) == []
+
+
+def test_a_caller_who_answers_the_idle_prompt_resets_it():
+    call = Call(options=TOOLS)
+    greeted(call)
+    call.send(Tick(9.8))
+    call.voice(9.9, "Are you still there?")
+    call.send(AnswerSent(call.answer))
+    call.send(MarkPlayed(11.0, "agent-2"))
+    assert call.caller(12.0, 13.0, "Yes.") == ["begin reply"]
+    call.model(14.0, "Good.")
+    call.voice(14.1, "Good.")
+    call.send(AnswerSent(call.answer))
+    call.send(MarkPlayed(15.0, "agent-3"))
+    assert call.send(Tick(23.0)) == ["begin line: Are you still there?"]  # asked again, anew

@@ -2,8 +2,10 @@
 
 The `LiveCalls` handler feeds the board from each stream's events, like any handler; the
 page's event stream (pages.py) asks the board what to send to each watcher:
-- at once, what happens rarely: a call starts (`call`), a track says something
-  (`utterance`), a call ends (`end`, with its summary);
+- at once, what happens rarely: a call starts (`call`), a track says something, or the
+  agent does (`utterance`: a transcript line; the agent's answers as the caller heard
+  them, its tools, a transfer or hang-up, as lines of track "agent"), a call ends
+  (`end`, with its summary);
 - at most every UPDATE_SECONDS, what changes 50 times a second (`update`): per track
   speaking or not, level, talk time, audio seconds; keys pressed, audio lost, bad
   messages. One message
@@ -177,6 +179,30 @@ def line(utterance):
     }
 
 
+def agent_line(act):
+    """What the agent did (agent.Act's figures(), as the fleet's entries carry it) as a
+    transcript line of track "agent"."""
+    kind = act["kind"]
+    if kind == "tool":
+        outcome = f"failed: {act['error']}" if act.get("error") else f"gave {act.get('result')}"
+        text = f"{act['tool']}({act.get('arguments') or ''}) {outcome}"
+    elif kind == "transfer":
+        text = f"transferred the call to {act['to']}"
+    elif kind == "hang_up":
+        text = "ended the call" + (" (nobody spoke)" if act.get("text") == "idle" else "")
+    else:
+        text = act.get("text", "")
+    return {
+        "track": "agent",
+        "kind": kind,
+        "start": round(act["start"], 1),
+        "text": text,
+        "keywords": [],
+        "sentiment": None,
+        "voice_to_voice": act.get("voice_to_voice"),
+    }
+
+
 def summary(panel, ended):
     """The end of a call as the page shows it: the console's summary figures (`ended`,
     console.summary_figures, or a fleet `end` entry), and what was said."""
@@ -270,6 +296,12 @@ class CallBoard:
         panel.keywords.update(entry["keywords"])
         self._tell(panel, "utterance", {"id": panel.stream_sid, "line": entry})
 
+    def acted(self, panel, act):
+        """`act`: what the agent did (agent.Act's figures()), as the fleet's entries carry it."""
+        entry = agent_line(act)
+        panel.lines.append(entry)
+        self._tell(panel, "utterance", {"id": panel.stream_sid, "line": entry})
+
     def finished(self, panel, ended):
         """`ended`: the summary's figures (console.summary_figures, or a fleet `end` entry)."""
         self.open.pop(panel.stream_sid, None)
@@ -301,6 +333,8 @@ class CallBoard:
             self.pressed(panel, entry["digit"])
         elif kind == "utterance":
             self.said(panel, entry)
+        elif kind in ("agent", "tool"):
+            self.acted(panel, entry)
         elif kind == "end":
             self.finished(panel, entry)
 
@@ -382,6 +416,10 @@ class LiveCalls(Handler):
     def utterance(self, stream, utterance):
         if self.panel:
             self.board.said(self.panel, utterance.figures())
+
+    def agent(self, stream, act):
+        if self.panel:
+            self.board.acted(self.panel, act.figures())
 
     def end(self, stream, ended_by):
         if self.panel:

@@ -109,13 +109,17 @@ const Live = (() => {
       if (!this.ended) this.duration.textContent = clock(Date.now() / 1000 - this.skew - this.opened);
     }
 
+    // A transcript line, or the agent's (track "agent": an answer as the caller heard it,
+    // "cut" where they talked over it, with its turn's voice to voice; a tool; a transfer).
     say(line) {
-      const item = element("li", line.track);
+      const item = element("li", line.kind ? `${line.track} ${line.kind}` : line.track);
       item.append(element("time", "", clock(line.start)), marked(line.text, line.keywords));
       if (line.sentiment !== null && line.sentiment !== undefined) {
         const score = `${line.sentiment > 0 ? "+" : ""}${line.sentiment.toFixed(2)}`;
         item.append(element("span", `sentiment ${mood(line.sentiment)}`, score));
       }
+      if (line.kind === "cut") item.append(element("span", "tag cut", "cut off"));
+      if (line.voice_to_voice) item.append(element("span", "tag", `${line.voice_to_voice.toFixed(2)} s`));
       const atBottom = this.transcript.scrollTop + this.transcript.clientHeight >= this.transcript.scrollHeight - 4;
       this.transcript.append(item);
       if (atBottom) this.transcript.scrollTop = this.transcript.scrollHeight;
