@@ -44,8 +44,9 @@ class ChatModel:
         self.options = options or {}  # more of the request: sampling, for the local model
 
     def stream(self, messages, tools=()):
-        """The answer to `messages`, as the model writes it: pieces of text (str), then the
-        tools it calls (ToolCall), if any, of `tools` (their schemas)."""
+        """The answer to `messages`, as the model writes it: pieces of text (str; an empty
+        one when a tool call begins, its first token), then the tools it calls (ToolCall),
+        if any, of `tools` (their schemas)."""
         body = {"model": self.model, "messages": messages, "stream": True, **self.options}
         body["max_tokens"] = MAX_TOKENS
         if tools:
@@ -64,6 +65,8 @@ class ChatModel:
                     if data == "[DONE]":
                         continue  # (the body's end follows: read it, and the connection is kept)
                     delta = _choice(data, "delta")
+                    if delta.get("tool_calls") and not calls.parts:
+                        yield ""  # (the tool call's first token)
                     calls.add(delta.get("tool_calls"))
                     if text := delta.get("content") or "":
                         yield text

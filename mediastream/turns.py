@@ -52,10 +52,10 @@ STAGES = (
     "end_of_turn",
     "transcript",
     "first_token",
-    "first_sentence",
     "tool_called",  # the model's tool calls complete
     "tool_done",  # every tool returned
     "next_token",  # the first token of the model's answer after the tools
+    "first_sentence",
     "first_audio",
 )
 

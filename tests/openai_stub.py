@@ -163,7 +163,7 @@ class Handler(BaseHTTPRequestHandler):
         messages = body["messages"]
         if messages[-1]["role"] == "tool":
             results = [m["content"] for m in messages[messages.index(_asked(messages)) + 1 :]]
-            text = f"Done: {'; '.join(results)}. {Stub.answer}"
+            text = f"Done: {'; '.join(r.rstrip('.') for r in results)}. {Stub.answer}"
         elif Stub.tool_calls and body.get("tools"):
             return self._stream("text/event-stream", _tool_chunks(Stub.tool_calls.pop(0)))
         else:

@@ -7,7 +7,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, GUNICORN_LISTENING, REPO, model_directory, requires, simulate
+from conftest import (
+    FIXTURES,
+    GUNICORN_LISTENING,
+    REPO,
+    agent_call,
+    caller_wav,
+    model_directory,
+    requires,
+    simulate,
+    stand_ins,
+)
 
 from mediastream import g711
 from mediastream.simulator import TwilioCall, mulaw_chunks, read_wav
@@ -19,6 +29,8 @@ EXAMPLES = {
     "caller_audio.py": "docs/handlers.md",
     "word_alert.py": "docs/handlers.md",
     "beeper.py": "docs/talkback.md",
+    "retention.py": "docs/handlers.md",
+    "shop_tools.py": "docs/agent.md",
 }
 
 
@@ -117,6 +129,47 @@ def test_the_talk_back_example_beeps_for_each_key(start_server, tmp_path):
     ws.close()
     server.summary(call)
     assert server.lines(f"[{call.tag}] beep 5 heard")
+
+
+def test_the_call_control_example_transfers_a_caller_who_says_cancel(
+    start_server, openai_stub, twilio_api, tmp_path
+):
+    server = run_example(
+        start_server,
+        "retention.py",
+        tmp_path,
+        "python",
+        KEYWORDS="cancel",
+        TRANSCRIBE=openai_stub.url,  # "Please cancel my order.", whatever the audio
+        **twilio_api.environ(),
+    )
+    wav = caller_wav(tmp_path / "caller.wav", [(0.5, 1.5), (3.0, 4.0)], 6)
+    status, report = simulate(server, "--wav", str(wav), "--auth-token", twilio_api.AUTH_TOKEN)
+    assert status == 0, report
+    server.wait_for(r"summary: ")
+    (transfer,) = twilio_api.requests  # once, though the caller said it twice
+    assert transfer["form"] == {"Twiml": "<Response><Dial>+15550100</Dial></Response>"}
+    assert server.lines("call: transfer to +15550100 (Twilio's API said yes)")
+
+
+def test_the_tools_example_answers_from_its_functions(
+    start_server, fresh_stub, twilio_api, tmp_path
+):
+    save_example("shop_tools.py", tmp_path)
+    calls = [
+        [{"name": "order_status", "arguments": '{"order_id": "4572"}'}],
+        [{"name": "cancel_order", "arguments": '{"order_id": "4572", "reason": "arrived late"}'}],
+        [{"name": "cancel_order", "arguments": '{"order_id": "1", "reason": "wrong item"}'}],
+    ]
+    fresh_stub.control(tool_calls=calls, answer="Anything else?")
+    server = stand_ins(start_server, fresh_stub, PYTHONPATH=str(tmp_path), AGENT_TOOLS="shop_tools")
+    wav = caller_wav(tmp_path / "caller.wav", [(2.0, 3.0), (8.0, 9.0), (14.0, 15.0)], 20)
+    lines, _ = agent_call(server, tmp_path, "--param", "From=+15550123", wav=wav)
+    assert 'gave "Order 4572 is shipped on Monday, arriving Thursday."' in lines
+    assert 'gave "Order 4572 is cancelled (arrived late); a confirmation goes to +15550123."' in (
+        lines
+    )
+    assert "failed: LookupError: there is no order 1 (the model is told" in lines
 
 
 @pytest.mark.transcribe
