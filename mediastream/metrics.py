@@ -55,7 +55,7 @@ KEYWORD_HITS = Counter(
 AGENT_SECONDS = Histogram(
     "mediastream_agent_seconds",
     "Seconds from the end of the caller's speech to each stage of the agent's answer",
-    ["stage"],  # end_of_turn, transcript, first_token, first_sentence, first_audio
+    ["stage"],  # turns.STAGES: end_of_turn, transcript, first_token, ..., first_audio
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0),
 )
 AGENT_TOOL_SECONDS = Histogram(

@@ -106,6 +106,7 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as servers that stream do (uvicorn, vLLM): no 40 ms waits
 
     def log_message(self, *_):
         pass

@@ -172,7 +172,7 @@ def test_the_softphone_talks_with_the_agent(chromium, start_server, openai_stub)
     answer at once: Whisper on a slow CPU would take longer than the looped microphone's
     pauses, and the agent waits for a caller who is speaking again): the page hears the
     greeting and an answer to what its microphone said, and honours the clears of
-    barge-in."""
+    barge-in; its panel shows both sides; its keypad's keys reach the model."""
     openai_stub.control(answer="Sure.")
     server = start_server(AGENT=openai_stub.url, SPEAK=openai_stub.url, TRANSCRIBE=openai_stub.url)
     context = chromium.new_context()
@@ -182,6 +182,21 @@ def test_the_softphone_talks_with_the_agent(chromium, start_server, openai_stub)
     server.wait_for(rf"\[{tag}\] barge-in: the caller talked over the agent; cleared")
     server.wait_for(rf"\[{tag}\] agent: turn 1: voice to voice [\d.]+ s", timeout=30)
     phone.wait_for_function("() => parseFloat(document.getElementById('heard').textContent) >= 1")
+    # The panel: the agent's side beside the caller's (the greeting, at least).
+    phone.wait_for_selector(".transcript li.agent", timeout=10_000)
+    assert phone.locator(".transcript li.inbound").count() >= 1
+    for key in "12#":
+        phone.click(f"#keypad button:text('{key}')")
+    server.wait_for(rf"\[{tag}\] dtmf: digit # \(inbound_track\)")
+    deadline = time.monotonic() + 20  # "#" ends the keys: one message, answered like speech
+    while not any(
+        "(the caller pressed 1 2 #)" in message["content"]
+        for request in openai_stub.chat_requests()
+        for message in request["messages"]
+        if message["role"] == "user"
+    ):
+        assert time.monotonic() < deadline, openai_stub.chat_requests()[-1]
+        time.sleep(0.1)
     phone.click("#hangup")
     # (How many turns it answered depends on where the looped sentences fall.)
     server.wait_for(rf"\[{tag}\] agent: \d+ turns?, voice to voice median")

@@ -275,3 +275,24 @@ def test_the_calls_page_in_chromium_shows_a_call_of_another_server(
     page.wait_for_selector("#ended article:has(.server:text-is('media-1')) .summary p")
     assert page.locator("article").count() == 2  # each call once
     context.close()
+
+
+def test_the_follower_shows_the_agents_side_of_the_conversation():
+    from mediastream.events import describe
+
+    head = {"tag": "a67c10df", "server": "alpha"}
+    said = {**head, "kind": "said", "start": 4.5, "text": "Done.", "voice_to_voice": 0.55}
+    assert describe("agent", said) == (
+        '[a67c10df] alpha agent 00:04.5: "Done." (voice to voice 0.55 s)'
+    )
+    cut = {**head, "kind": "cut", "start": 9.0, "text": "You said", "voice_to_voice": 0.6}
+    assert describe("agent", cut) == (
+        '[a67c10df] alpha agent 00:09.0: "You said" [cut off] (voice to voice 0.60 s)'
+    )
+    tool = {**head, "kind": "tool", "start": 4.0, "tool": "order_status", "seconds": 0.01}
+    tool |= {"arguments": '{"order_id": "1"}', "result": "Shipped."}
+    assert describe("tool", tool) == (
+        '[a67c10df] alpha agent 00:04.0: "order_status({"order_id": "1"}) gave Shipped."'
+    )
+    transfer = {**head, "kind": "transfer", "start": 21.0, "to": "support"}
+    assert describe("agent", transfer).endswith('"transferred the call to support"')
