@@ -92,10 +92,19 @@ class Act:
         return {name: value for name, value in asdict(self).items() if value is not None}
 
 
-def agent_tools(config):
+@functools.cache
+def offered_tools(config):
     """The tools offered on agent streams, or ConfigError (a bad AGENT_TOOLS): yours, then
-    end_call, then transfer_call when AGENT_TRANSFER is set and Twilio's API can be used."""
+    end_call, then transfer_call when AGENT_TRANSFER is set and Twilio's API can be used;
+    none to the embedded model, which cannot call them. Said once, at startup."""
     offered = [*tools.load_tools(config.agent_tools, config.tools), tools.END_CALL]
+    if config.agent == "local":
+        if config.agent_tools or config.tools:
+            startup.warning(
+                "AGENT=local: the embedded model cannot call tools; yours are not offered "
+                "(point AGENT at a real model)"
+            )
+        return ()
     if config.agent_transfer:
         if config.twilio_account_sid and config.auth_token:
             offered.append(tools.transfer_tool(dict(config.agent_transfer)))
@@ -122,14 +131,7 @@ def load_agent(config):
         missing.append("SPEAK is not set (the agent has no voice)")
     if not transcribing(config):
         missing.append("transcripts are off (set TRANSCRIBE, such as TRANSCRIBE=local)")
-    offered = agent_tools(config)  # (a bad AGENT_TOOLS stops the server here)
-    if config.agent == "local":
-        if config.agent_tools or config.tools:
-            startup.warning(
-                "AGENT=local: the embedded model cannot call tools; yours are not offered "
-                "(point AGENT at a real model)"
-            )
-        offered = ()
+    offered = offered_tools(config)  # (a bad AGENT_TOOLS stops the server here)
     model = load_model(config)
     voice = load_voice(config) if config.speak else None
     if model is None or (config.speak and voice is None):
@@ -145,7 +147,6 @@ def load_agent(config):
         history_tokens(config),
         ", ".join(tool.name for tool in offered) or "none",
     )
-    model.tools = offered
     return model, voice
 
 
@@ -188,7 +189,7 @@ class Agent(Handler):
             return
         config = self.config
         options = turns.Options(
-            tools=self.model.tools,
+            tools=offered_tools(config),
             transfer=dict(config.agent_transfer),
             filler=config.agent_filler,
             tool_timeout=config.agent_tool_timeout,
