@@ -281,7 +281,8 @@ class Agent(Handler):
 
     def untranscribed(self, stream, utterance):
         if self.turn_taking is not None and utterance.track == "inbound":
-            self._handle(stream, turns.NotHeard(time.monotonic()))
+            end_frame = round(utterance.end / CHUNK_SECONDS)
+            self._handle(stream, turns.NotHeard(time.monotonic(), end_frame))
 
     # An answer's greenlet ----------------------------------------------------------------
 

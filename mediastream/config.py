@@ -57,6 +57,7 @@ class Config:
     agent_filler: str = "One moment, please."  # said once when a tool is slow
     agent_tool_timeout: float = 10.0  # seconds a tool may take; then the model gets an error
     agent_digits_timeout: float = 2.0  # seconds after a key that end the keys pressed
+    agent_patience: float = 1.5  # more seconds for a caller who paused mid-sentence (0: none)
     agent_idle: float = 0.0  # seconds of silence before "Are you still there?" (0: never)
     agent_idle_prompt: str = "Are you still there?"
     speak: str | None = None  # "local", or a speech server's http(s):// base
@@ -134,6 +135,9 @@ class Config:
                 "AGENT_DIGITS_TIMEOUT",
                 float,
                 cls.agent_digits_timeout,
+            ),
+            agent_patience=_seconds_or_off(
+                environ.get("AGENT_PATIENCE"), "AGENT_PATIENCE", cls.agent_patience
             ),
             agent_idle=_seconds_or_off(environ.get("AGENT_IDLE"), "AGENT_IDLE"),
             agent_idle_prompt=(environ.get("AGENT_IDLE_PROMPT") or "").strip()
@@ -242,10 +246,10 @@ def _service(text, name, what):
     return text.rstrip("/")
 
 
-def _seconds_or_off(text, name):
+def _seconds_or_off(text, name, default=0.0):
     """Seconds, or 0 (off)."""
     if not text:
-        return 0.0
+        return default
     try:
         seconds = float(text)
     except ValueError:

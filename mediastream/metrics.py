@@ -64,6 +64,12 @@ AGENT_TOOL_SECONDS = Histogram(
     ["tool"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.7, 1.0, 2.0, 5.0, 10.0),
 )
+AGENT_PAUSES = Counter(
+    "mediastream_agent_pauses",
+    "Callers who paused mid-sentence and were given time (AGENT_PATIENCE): they went on "
+    "(one turn), or the time ran out (answered)",
+    ["outcome"],  # went_on, waited_out
+)
 AGENT_INTERRUPTIONS = Counter(
     "mediastream_agent_interruptions", "Answers the caller talked over (barge-in)"
 )

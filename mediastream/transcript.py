@@ -35,11 +35,12 @@ from gevent.event import AsyncResult
 
 from mediastream.apiclient import ServiceFailed
 from mediastream.console import counted
+from mediastream.endings import last_words, unfinished
 from mediastream.engines import load_engine, transcribing
 from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, CHUNKS_PER_SECOND
 from mediastream.handlers import END_WAIT_SECONDS, Handler
 from mediastream.keywords import marked
-from mediastream.metrics import TRANSCRIBED
+from mediastream.metrics import AGENT_PAUSES, TRANSCRIBED
 from mediastream.recording import create_new
 from mediastream.speech import ONSET_FRAMES, clock
 
@@ -54,6 +55,9 @@ FRAME_BYTES = 2 * CHUNK_SAMPLES
 # audio so far; the text is kept if that pause goes on to end the turn, so it is ready
 # about when the turn ends. (On the evaluation set, a tail of 120 ms instead of 200 ms
 # changed the word error rate by one word in 32 sentences.)
+# On those streams a turn whose early text plainly stops mid-sentence ("my order number
+# is ...", endings.py) is held: if the caller goes on within AGENT_PATIENCE, both halves
+# are one utterance, transcribed as one piece of audio, and the agent answers it once.
 EARLY_MODES = ("agent",)
 EARLY_PAUSE_FRAMES = 1
 
@@ -81,13 +85,19 @@ class Utterance:
 
 
 class Utterances:
-    """One track's audio, cut into utterances along speech activity's turns (no I/O)."""
+    """One track's audio, cut into utterances along speech activity's turns (no I/O).
 
-    def __init__(self):
+    With `holds`, a turn that has ended is not cut at once: it is `held` until close()
+    (the caller may be only pausing); if they speak again first, their new speech joins
+    it, and the utterance runs on."""
+
+    def __init__(self, holds=False):
         self.audio = bytearray()  # from frame `first` on
         self.first = 0
         self.cut_at = None  # where the utterance under way starts, when one is
         self.speech_start = None  # where its speech starts
+        self.holds = holds
+        self.held = None  # (start, end) of its speech, while an ended turn is held
 
     def add(self, frame, pcm, speech):
         """Take a frame (after speech activity has); return a finished utterance as
@@ -101,10 +111,14 @@ class Utterances:
             if self.cut_at is None:  # a turn began
                 self.cut_at = max(turn[0] - PREROLL_FRAMES, self.first)
                 self.speech_start = turn[0]
+            self.held = None  # (they went on after a pause: the same utterance)
             if frame + 1 - self.cut_at >= MAX_FRAMES:  # a monologue: show what it has said
                 return self._cut(frame + 1, frame + 1, frame + 1)
             return None
         if self.cut_at is not None and speech.last_turn:  # the turn ended a moment ago
+            if self.holds:
+                self.held = self.held or (self.speech_start, speech.last_turn[1])
+                return None
             return self._end_of(speech.last_turn, frame + 1)
         # Between turns, keep only what a turn seen at the next frame would want (speech
         # activity sees a turn ONSET_FRAMES after its start).
@@ -117,21 +131,30 @@ class Utterances:
         turn = speech.turn
         if self.cut_at is None or turn is None or speech.pause != EARLY_PAUSE_FRAMES:
             return None
-        start, end = turn
-        if end - start < MIN_FRAMES:
+        end = turn[1]
+        if end - self.speech_start < MIN_FRAMES:
             return None
         return bytes(self.audio[(self.cut_at - self.first) * FRAME_BYTES :]), self.speech_start, end
 
+    def close(self):
+        """Cut the held utterance: (pcm, start, end) as add() gives it, or None (a blip)."""
+        held, self.held = self.held, None
+        return self._end_of(held, held[1] + TAIL_FRAMES)
+
     def finish(self, speech):
         """At the stream's end: the utterance under way, if any."""
+        if self.held:
+            return self.close()
         if self.cut_at is None or speech.turn is None:
             return None
         return self._end_of(speech.turn, speech.turn[1] + TAIL_FRAMES)
 
     def _end_of(self, turn, heard):
-        start, end = turn
+        """The utterance that `turn` (start, end) ends; the audio to `heard` is there. A
+        blip, shorter than MIN_FRAMES with what it joined, is none."""
+        start, end = min(turn[0], self.speech_start), turn[1]
         utterance = self._cut(min(end + TAIL_FRAMES, heard), None, end)
-        return utterance if end - start >= MIN_FRAMES else None  # shorter: a blip
+        return utterance if end - start >= MIN_FRAMES else None
 
     def _cut(self, end, next_start, speech_end):
         """The utterance from cut_at to `end`; the next one, if any, from `next_start`."""
@@ -168,6 +191,8 @@ class Transcript(Handler):
         self.file = None
         self.early = False  # transcribe the caller's utterances early (EARLY_MODES)
         self.guessed = None  # (start, end) of the early one, and its result
+        self.patience = round(config.agent_patience / CHUNK_SECONDS)  # in frames
+        self.waiting_since = None  # the frame a held turn began to wait for the rest
 
     def start(self, stream, event):
         self.early = stream.mode in EARLY_MODES
@@ -183,18 +208,52 @@ class Transcript(Handler):
         speech = stream.tracks[chunk.track].speech
         if speech is None:
             return  # speech activity has not seen this track
+        early = self.early and chunk.track == "inbound"
         utterances = self.tracks.get(chunk.track)
         if utterances is None:
-            utterances = self.tracks[chunk.track] = Utterances()
+            utterances = self.tracks[chunk.track] = Utterances(holds=early)
         finished = utterances.add(chunk.chunk - 1, chunk.pcm, speech)
         if finished:
             pcm, start, end = finished
             self._submit(stream, chunk.track, pcm, start, end, frames_ago=chunk.chunk - end)
-        elif self.early and chunk.track == "inbound":
+        elif early:
             guess = utterances.guess(speech)
             if guess:
                 pcm, start, end = guess
                 self.guessed = (start, end), self.engine.submit(pcm)
+            if utterances.held:
+                self._hold_or_cut(stream, utterances, chunk.chunk)
+            elif self.waiting_since is not None:  # they went on: one turn
+                AGENT_PAUSES.labels("went_on").inc()
+                self.waiting_since = None
+
+    def _hold_or_cut(self, stream, utterances, frame):
+        """The caller's turn has ended, or they are pausing: cut it now, unless its words so
+        far stop mid-sentence (the early text says) and the caller has not yet had
+        AGENT_PATIENCE to go on. Until the early text comes, wait for it (as ever)."""
+        guessed = self.guessed
+        if guessed is not None and guessed[0] == utterances.held:
+            if not guessed[1].ready():
+                return
+            text = guessed[1].get()  # (or the exception the engine returned)
+            if self.patience and isinstance(text, str) and unfinished(text):
+                if self.waiting_since is None:
+                    self.waiting_since = frame
+                    # (The agent's patience: operators read it as the agent's line.)
+                    stream.log.info(
+                        'agent: the caller paused mid-sentence ("%s"); waiting up to %g s '
+                        "for the rest",
+                        last_words(text),
+                        self.patience * CHUNK_SECONDS,
+                    )
+                if frame - self.waiting_since < self.patience:
+                    return
+                AGENT_PAUSES.labels("waited_out").inc()
+        self.waiting_since = None
+        finished = utterances.close()
+        if finished:
+            pcm, start, end = finished
+            self._submit(stream, "inbound", pcm, start, end, frames_ago=frame - end)
 
     def finish(self, stream):
         """The utterances under way when the stream ended, to every handler before end()."""

@@ -159,6 +159,7 @@ class NotHeard:
     """The caller's words could not be transcribed (the transcript said why, once)."""
 
     at: float
+    end_frame: int
 
 
 @dataclass(frozen=True)
@@ -398,7 +399,8 @@ class TurnTaking:
         self.speaking = None  # when the caller's turn under way began, or None
         self.unanswered = False  # the caller's last words have no answer heard: more join them
         self.last_turn = None  # (end frame, speech end, end of turn seconds)
-        self.expecting = 0  # turns whose words (or NotHeard) have not come yet
+        self.words_due = -1  # the end frame of the caller's last turn long enough for words
+        self.heard_through = -1  # the end frame of the last words (or NotHeard) that came
         self.running = {}  # tool call id -> (its answer, the ToolCall, when it began)
         self.digits = ""  # keys pressed, not yet given to the model
         self.digits_at = None  # when the last was pressed
@@ -450,13 +452,13 @@ class TurnTaking:
         self.speaking = None
         self.quiet_since = event.at
         self.last_turn = event.end_frame, event.speech_end, event.at - event.speech_end
+        if event.words:
+            self.words_due = event.end_frame
         if self.answer is not None:
-            self.expecting += event.words
             return []
         if self.greeting_due:  # they spoke first: the greeting answers them
             self.opening += event.words
             return self._begin(Answer(GREETING, script=self.greeting))
-        self.expecting += event.words
         if self.unanswered and not event.words:  # a cough cut off the answer: it comes again
             timing = Timing(len(self.voice_to_voice) + 1, event.speech_end)
             timing.reached("end_of_turn", event.at)
@@ -469,7 +471,7 @@ class TurnTaking:
             if event.text:
                 self.history.opened_with(event.text)
             return []
-        self.expecting = max(0, self.expecting - 1)
+        self.heard_through = max(self.heard_through, event.end_frame)
         timing = Timing(len(self.voice_to_voice) + 1, event.at - event.latency)
         if self.last_turn and self.last_turn[0] == event.end_frame:
             timing.stages["end_of_turn"] = self.last_turn[2]
@@ -480,7 +482,7 @@ class TurnTaking:
         if self.opening:
             self.opening -= 1
             return []
-        self.expecting = max(0, self.expecting - 1)
+        self.heard_through = max(self.heard_through, event.end_frame)
         if self.speaking is not None or self.answer is not None:
             return []  # they go on, or are being answered: what comes next is answered
         if self.unanswered:  # what they said before it is answered
@@ -669,7 +671,7 @@ class TurnTaking:
             seconds
             and self.answer is None
             and self.speaking is None
-            and not self.expecting
+            and self.words_due <= self.heard_through  # (no words on their way)
             and not self.digits
             and self.leaving is None
             and at - self.quiet_since >= seconds

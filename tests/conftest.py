@@ -60,9 +60,9 @@ def why_no_browser():
 
 
 @pytest.fixture(scope="session")
-def chromium():
-    """Chromium, headless, driven by Playwright, with a fake microphone that plays
-    MICROPHONE_WAV. Skipped without it, but not where .ci/run sets BROWSER_TESTS=required."""
+def playwright():
+    """Playwright, for Chromium. Skipped without it, but not where .ci/run sets
+    BROWSER_TESTS=required."""
     missing = why_no_browser()
     if missing and os.environ.get("BROWSER_TESTS") == "required":
         pytest.fail(f"the browser tests must run here: {missing}")
@@ -70,21 +70,33 @@ def chromium():
         pytest.skip(missing)
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",  # CI runs as root
-                "--disable-gpu",
-                "--disable-background-networking",  # no internet here: no calls home
-                "--disable-component-update",
-                "--use-fake-ui-for-media-stream",  # say yes to the microphone
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={MICROPHONE_WAV}",
-            ],
-        )
-        yield browser
-        browser.close()
+    with sync_playwright() as running:
+        yield running
+
+
+def launch_chromium(playwright, microphone=MICROPHONE_WAV, loop=True):
+    """Chromium, headless, with a fake microphone that plays the WAV `microphone` (over
+    and over, or once and then silence)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",  # CI runs as root
+            "--disable-gpu",
+            "--disable-background-networking",  # no internet here: no calls home
+            "--disable-component-update",
+            "--use-fake-ui-for-media-stream",  # say yes to the microphone
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={microphone}{'' if loop else '%noloop'}",
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def chromium(playwright):
+    """Chromium whose microphone plays MICROPHONE_WAV over and over."""
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
 
 
 # The browser tests' helpers (Chromium, driven by Playwright) ---------------------------------
@@ -489,6 +501,26 @@ def stand_ins(start_server, stub, **environ):
     """The server with `stub` as its model, voice and transcription server."""
     tls = {"SSL_CERT_FILE": str(TLS_CERTIFICATE)} if stub.base.startswith("https") else {}
     return start_server(AGENT=stub.url, SPEAK=stub.url, TRANSCRIBE=stub.url, **tls, **environ)
+
+
+def split_turn_wav(path, turn, before=3.5, after=4.0):
+    """Turn `turn` of tests/fixtures/pauses.json as a caller says it: `before` seconds of
+    silence (the greeting plays), its first half, its pause, its second half, silence."""
+    from mediastream import g711
+
+    audio = g711.decode((FIXTURES / "pauses.ulaw").read_bytes())
+    found = json.loads((FIXTURES / "pauses.json").read_text())["turns"][turn]
+    halves = [
+        audio[round(half["at"] * 8000) * 2 :][: round(half["seconds"] * 8000) * 2]
+        for half in found["halves"]
+    ]
+    pieces = [bytes(round(before * 8000) * 2), halves[0], bytes(round(found["pause"] * 8000) * 2)]
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(b"".join([*pieces, halves[1], bytes(round(after * 8000) * 2)]))
+    return path
 
 
 def caller_wav(path, turns, seconds):

@@ -17,10 +17,12 @@ from tests.conftest import (
     FIXTURES,
     finished,
     http,
+    launch_chromium,
     model_directory,
     open_calls_page,
     requires,
     screenshot,
+    split_turn_wav,
     start_simulation,
 )
 
@@ -201,6 +203,35 @@ def test_the_softphone_talks_with_the_agent(chromium, start_server, openai_stub)
     # (How many turns it answered depends on where the looped sentences fall.)
     server.wait_for(rf"\[{tag}\] agent: \d+ turns?, voice to voice median")
     context.close()
+
+
+@requires("faster_whisper", "requirements-transcribe.txt")
+@pytest.mark.transcribe
+def test_a_softphone_caller_who_pauses_mid_sentence_gets_one_answer(
+    playwright, start_server, fresh_stub, tmp_path
+):
+    """The microphone says "I would like to book a table for", pauses 1 s, and goes on
+    "four people at seven tonight." (tests/fixtures/pauses.json), once; Whisper hears it
+    (here its early text comes after the caller has gone on: the turn was held for it),
+    stand-ins answer."""
+    fresh_stub.control(answer="Sure.")
+    server = start_server(AGENT=fresh_stub.url, SPEAK=fresh_stub.url, TRANSCRIBE="local")
+    browser = launch_chromium(playwright, split_turn_wav(tmp_path / "mic.wav", 1), loop=False)
+    try:
+        phone, stream_sid = place_call(browser.new_context(), server, mode="agent")
+        tag = stream_sid[-8:]
+        server.wait_for(rf"\[{tag}\] agent: turn 1: voice to voice", timeout=30)
+        time.sleep(2)
+        phone.click("#hangup")
+        server.wait_for(rf"\[{tag}\] summary: ")
+    finally:
+        browser.close()
+    (request,) = fresh_stub.chat_requests()  # one answer, to the whole turn
+    said = request["messages"][-1]["content"].lower()
+    assert "table" in said and "tonight" in said, said
+    assert server.lines(f"[{tag}] sent back:")[0].endswith("; 0 clears")
+    (utterance,) = server.lines(f"[{tag}] inbound 00:0")  # both halves, one utterance
+    assert "table" in utterance and "tonight" in utterance
 
 
 @requires("faster_whisper", "requirements-transcribe.txt")

@@ -37,10 +37,11 @@ engine = requires("faster_whisper", "requirements-transcribe.txt")
 # Utterances from turns ----------------------------------------------------------------
 
 
-def cut(turns, frames):
+def cut(turns, frames, close_at=()):
     """Feed Utterances `frames` frames (each its number as audio) with speech in `turns`
-    ((start, end) frame ranges; a turn ends HANGOVER later, as speech activity says)."""
-    utterances, found = Utterances(), []
+    ((start, end) frame ranges; a turn ends HANGOVER later, as speech activity says). With
+    `close_at`, it holds each turn that ends, and closes it at those frames."""
+    utterances, found = Utterances(holds=bool(close_at)), []
     speech = SimpleNamespace(turn=None, last_turn=None)
     for frame in range(frames):
         speech.turn = None
@@ -50,10 +51,24 @@ def cut(turns, frames):
             if frame >= end + 20:
                 speech.last_turn = (start, end)
         finished = utterances.add(frame, frame.to_bytes(2, "little") * 160, speech)
+        if frame in close_at and utterances.held:
+            finished = utterances.close()
         if finished:
             pcm, start, end = finished
             found.append((pcm[0] | pcm[1] << 8, len(pcm) // 320, start, end))
     return found
+
+
+def test_a_held_turn_the_caller_goes_on_with_is_one_utterance_of_both_halves():
+    # Speech from 100 to 200, a pause of 1.2 s (60 frames), speech from 260 to 320.
+    ((first_frame, length, start, end),) = cut([(100, 200), (260, 320)], 500, close_at=[400])
+    assert (first_frame, start, end) == (100 - PREROLL_FRAMES, 100, 320)
+    assert length == 320 + TAIL_FRAMES - first_frame  # both halves, and the pause between
+
+
+def test_a_held_turn_closed_before_they_go_on_is_an_utterance_of_its_own():
+    found = cut([(100, 200), (300, 380)], 500, close_at=[250, 420])
+    assert [(start, end) for _, _, start, end in found] == [(100, 200), (300, 380)]
 
 
 def test_an_utterance_is_a_turn_with_a_little_audio_around_it():

@@ -273,13 +273,13 @@ def test_words_that_could_not_be_transcribed_get_a_line_of_the_servers_each_time
     greeted(call)
     call.send(SpeechBegan(3.0))
     call.send(SpeechEnded(4.0, 3.5, 175, True))
-    assert call.send(NotHeard(4.3)) == [f"begin line: {NOT_CAUGHT}"]
+    assert call.send(NotHeard(4.3, 175)) == [f"begin line: {NOT_CAUGHT}"]
     assert call.voice(4.4, NOT_CAUGHT) == ["audio", "mark agent-2"]
     call.send(AnswerSent(call.answer))
     assert call.send(MarkPlayed(5.5, "agent-2")) == [f"said: {NOT_CAUGHT}"]
     call.send(SpeechBegan(6.0))
     call.send(SpeechEnded(7.0, 6.5, 325, True))
-    assert call.send(NotHeard(7.3)) == [f"begin line: {NOT_CAUGHT}"]
+    assert call.send(NotHeard(7.3, 325)) == [f"begin line: {NOT_CAUGHT}"]
     assert call.messages() == [assistant(GREETING)]  # the server's lines are not the model's
 
 
