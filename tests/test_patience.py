@@ -5,9 +5,41 @@ the early text at the pause first), the model and the voice."""
 
 import re
 
+import pytest
 from conftest import agent_call, caller_wav, loud, stand_ins
 
+from mediastream.endings import last_words, unfinished
+
 SPLIT = [(3.0, 4.5), (5.7, 7.0)]  # 1.2 s of pause after "My order number is"
+
+
+@pytest.mark.parametrize(
+    "words, waits",
+    [
+        ("My order number is.", True),  # (Whisper's full stop after a fragment)
+        ("I would like to book a table for.", True),
+        ("I would like to book a table for...", True),
+        ("Can you send it to", True),
+        ("I want to change my", True),
+        ("I have been waiting for an hour and", True),
+        ("Um.", True),
+        ("I am calling about my,", True),
+        ("Yes, that's right.", False),
+        ("Yes, it is.", False),  # "is" after a pronoun ends a sentence
+        ("I think so.", False),
+        ("Four five seven two.", False),
+        ("I would like to book a table", False),  # may be whole: answered as ever
+        ("Can I talk to a person?", False),
+        ("", False),
+    ],
+)
+def test_words_that_stop_mid_sentence_are_told_apart(words, waits):
+    assert unfinished(words) is waits
+
+
+def test_the_console_shows_the_last_words():
+    assert last_words("I would like to book a table for.") == "... a table for"
+    assert last_words("My name is") == "My name is"
 
 
 def test_a_caller_who_pauses_mid_sentence_gets_one_answer_to_the_whole_turn(
