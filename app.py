@@ -18,6 +18,7 @@ from gevent.event import Event
 
 from mediastream.about import about, health
 from mediastream.agent import Agent
+from mediastream.agent import busy as agent_busy
 from mediastream.browser.live import LiveCalls
 from mediastream.browser.pages import browser_pages
 from mediastream.config import Config, ConfigError
@@ -128,7 +129,7 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS, tools=()):
 
     @app.get("/healthz")
     def healthz():
-        return health(connections, started_at)
+        return health(connections, started_at, agent_busy(config))
 
     @app.get("/metrics")
     def metrics():

@@ -51,11 +51,16 @@ def about(environ, config):
     return PAGE.format(url=url, site=site), status, headers
 
 
-def health(connections, started_at):
-    """/healthz: (body, status)."""
+def health(connections, started_at, busy=None):
+    """/healthz: (body, status). 503 while draining or shutting down, and while `busy`
+    says why the server takes no more agent calls (AGENT_MAX_CALLS): a load balancer
+    then sends new calls elsewhere."""
+    state = connections.state  # ok, draining, shutting down
     body = {
-        "status": connections.state,  # ok, draining, shutting down
+        "status": "busy" if busy and state == "ok" else state,
         "open_streams": len(connections),
         "uptime_seconds": round(time.monotonic() - started_at, 1),
     }
-    return body, 200 if connections.state == "ok" else 503
+    if body["status"] == "busy":
+        body["reason"] = busy
+    return body, 200 if body["status"] == "ok" else 503

@@ -55,7 +55,13 @@ from mediastream.engines import transcribing
 from mediastream.g711 import CHUNK_MS, CHUNK_SECONDS, SAMPLE_RATE
 from mediastream.handlers import Handler, every
 from mediastream.messages import cut
-from mediastream.metrics import AGENT_INTERRUPTIONS, AGENT_SECONDS, AGENT_TOOL_SECONDS
+from mediastream.metrics import (
+    AGENT_CALLS,
+    AGENT_INTERRUPTIONS,
+    AGENT_SECONDS,
+    AGENT_TOOL_SECONDS,
+    AGENT_TURNED_AWAY,
+)
 from mediastream.transcript import MIN_FRAMES
 from mediastream.voices import load_voice
 
@@ -114,6 +120,18 @@ def offered_tools(config):
                 "API (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)"
             )
     return tuple(offered)
+
+
+OPEN_CALLS = set()  # this process's agent calls being answered (their stream SIDs)
+AGENT_CALLS.set_function(lambda: len(OPEN_CALLS))
+
+
+def busy(config):
+    """Why a new agent call would be turned away (AGENT_MAX_CALLS reached), or None."""
+    limit = config.agent_max_calls
+    if limit and len(OPEN_CALLS) >= limit:
+        return f"{counted(len(OPEN_CALLS), 'agent call')} open, AGENT_MAX_CALLS={limit}"
+    return None
 
 
 @functools.cache
@@ -204,6 +222,17 @@ class Agent(Handler):
             stream.call_sid, stream.stream_sid, stream.name, dict(event.custom_parameters)
         )
         self.clock = every(TICK_SECONDS, self._tick, stream)
+        why = busy(config)
+        if why:
+            AGENT_TURNED_AWAY.inc()
+            stream.log.warning(
+                'agent: all agents are busy (%s): the caller hears "%s" and the call ends',
+                why,
+                config.agent_busy_message,
+            )
+            self._handle(stream, turns.Started(busy=config.agent_busy_message))
+            return
+        OPEN_CALLS.add(stream.stream_sid)
         self._handle(stream, turns.Started())
 
     def media(self, stream, chunk):
@@ -370,6 +399,7 @@ class Agent(Handler):
 
     def _call_ended(self, stream):
         if self.turn_taking is not None:
+            OPEN_CALLS.discard(stream.stream_sid)
             self.clock.close()
             self._handle(stream, turns.CallEnded())
 
@@ -461,12 +491,12 @@ class Agent(Handler):
         )
 
     def _hang_up(self, stream, why):
-        stream.log.info(
-            "agent: ending the call (%s)",
-            "the conversation is over"
-            if why == "goodbye"
-            else f"nobody spoke for {self.config.agent_idle:g} s, twice",
-        )
+        reasons = {
+            "goodbye": "the conversation is over",
+            "idle": f"nobody spoke for {self.config.agent_idle:g} s, twice",
+            "busy": "all agents are busy",
+        }
+        stream.log.info("agent: ending the call (%s)", reasons[why])
         if not stream.control.hang_up():
             stream.control.close()  # (Twilio's API failed: on <Connect>, this ends the call)
 
@@ -512,6 +542,8 @@ def _how_it_ended(leaving, config):
             return f"transferred to {name}"
         case turns.HangUp("idle"):
             return f"hung up after {config.agent_idle:g} s of silence, twice"
+        case turns.HangUp("busy"):
+            return "turned away: all agents busy"
         case turns.HangUp():
             return "ended the call"
     return None

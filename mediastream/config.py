@@ -57,6 +57,8 @@ class Config:
     agent_filler: str = "One moment, please."  # said once when a tool is slow
     agent_tool_timeout: float = 10.0  # seconds a tool may take; then the model gets an error
     agent_digits_timeout: float = 2.0  # seconds after a key that end the keys pressed
+    agent_max_calls: int | None = None  # agent calls at once; past it, the busy message
+    agent_busy_message: str = "All our agents are busy right now. Please call again later."
     agent_patience: float = 1.5  # more seconds for a caller who paused mid-sentence (0: none)
     agent_idle: float = 0.0  # seconds of silence before "Are you still there?" (0: never)
     agent_idle_prompt: str = "Are you still there?"
@@ -136,6 +138,9 @@ class Config:
                 float,
                 cls.agent_digits_timeout,
             ),
+            agent_max_calls=_positive(environ.get("AGENT_MAX_CALLS"), "AGENT_MAX_CALLS", int, None),
+            agent_busy_message=(environ.get("AGENT_BUSY_MESSAGE") or "").strip()
+            or cls.agent_busy_message,
             agent_patience=_seconds_or_off(
                 environ.get("AGENT_PATIENCE"), "AGENT_PATIENCE", cls.agent_patience
             ),

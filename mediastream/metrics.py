@@ -70,6 +70,10 @@ AGENT_PAUSES = Counter(
     "(one turn), or the time ran out (answered)",
     ["outcome"],  # went_on, waited_out
 )
+AGENT_CALLS = Gauge("mediastream_agent_calls", "Agent calls open (mode=agent streams answered)")
+AGENT_TURNED_AWAY = Counter(
+    "mediastream_agent_turned_away", "Agent calls that heard the busy message (AGENT_MAX_CALLS)"
+)
 AGENT_INTERRUPTIONS = Counter(
     "mediastream_agent_interruptions", "Answers the caller talked over (barge-in)"
 )

@@ -122,7 +122,9 @@ class Answer:
 
 @dataclass(frozen=True)
 class Started:
-    """The stream started: the greeting is due."""
+    """The stream started: the greeting is due (or, with `busy`, that line, then the end)."""
+
+    busy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,7 +305,7 @@ class ToolRan:
 class HangUp:
     """End the call (through Twilio's API, or by closing the stream)."""
 
-    why: str  # "goodbye" (the model's end_call), "idle"
+    why: str  # "goodbye" (the model's end_call), "idle", "busy" (AGENT_MAX_CALLS)
     call_id: str | None = None  # the end_call that asked for it
 
 
@@ -428,6 +430,9 @@ class TurnTaking:
     # The caller ------------------------------------------------------------------------
 
     def _Started(self, event):
+        if event.busy:  # every agent is busy: the caller hears so, and the call ends
+            self.greeting_due = False
+            return self._begin(Answer(LINE, script=event.busy, then=HangUp("busy")))
         return self._begin(Answer(GREETING, script=self.greeting))
 
     def _SpeechBegan(self, event):

@@ -9,7 +9,14 @@ import re
 
 import pytest
 import requests
-from conftest import PageEvents, agent_call, caller_wav, stand_ins
+from conftest import (
+    PageEvents,
+    agent_call,
+    caller_wav,
+    finished,
+    stand_ins,
+    start_simulation,
+)
 
 from mediastream.turns import GOODBYE, NOT_TRANSFERRED, TRANSFERRING
 
@@ -303,3 +310,33 @@ def redis_entries(redis_server):
         (fields[b"type"].decode(), json.loads(fields[b"json"]))
         for _, fields in redis_server.client().xrange("mediastream:events")
     ]
+
+
+def test_past_agent_max_calls_a_caller_hears_busy_and_healthz_says_so(
+    start_server, fresh_stub, tmp_path
+):
+    server = stand_ins(start_server, fresh_stub, AGENT_MAX_CALLS="1")
+    health = f"http://127.0.0.1:{server.port}/healthz"
+    assert requests.get(health, timeout=5).status_code == 200
+    first = start_simulation(
+        server, "--param", "mode=agent", "--wav", str(one_turn(tmp_path, seconds=14))
+    )
+    server.wait_for(r"agent said: \"Hello! How can I help you today\?\"")
+    at_the_limit = requests.get(health, timeout=5)
+    assert at_the_limit.status_code == 503
+    assert at_the_limit.json()["status"] == "busy"
+    assert at_the_limit.json()["reason"] == "1 agent call open, AGENT_MAX_CALLS=1"
+    silent = caller_wav(tmp_path / "silent.wav", [], 8)
+    lines, heard = agent_call(server, tmp_path, wav=silent)
+    busy = "All our agents are busy right now. Please call again later."
+    why = "1 agent call open, AGENT_MAX_CALLS=1"
+    assert f'agent: all agents are busy ({why}): the caller hears "{busy}"' in lines
+    assert f'agent said: "{busy}"' in lines and "Hello!" not in lines
+    assert re.search(r"agent: 0 turns, .*; turned away: all agents busy", lines)
+    assert "ended by closed by the server" in lines
+    assert finished(first)[0] == 0
+    server.wait_for(r"(?s)summary: .*summary: ")
+    assert requests.get(health, timeout=5).status_code == 200
+    metrics = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
+    assert "mediastream_agent_turned_away_total 1.0" in metrics
+    assert "mediastream_agent_calls 0.0" in metrics
