@@ -43,9 +43,9 @@ AFTER = 5.0  # after it: the answer, heard out
 COUNTING = (
     "import runpy, sys, mediastream.engines as engines\n"
     "submit = engines.Engine.submit\n"
-    "def counted(self, pcm):\n"
+    "def counted(self, *args, **options):\n"
     "    print('engine run', flush=True)\n"
-    "    return submit(self, pcm)\n"
+    "    return submit(self, *args, **options)\n"
     "engines.Engine.submit = counted\n"
     "sys.argv = [sys.argv[1]]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"

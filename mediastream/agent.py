@@ -123,7 +123,6 @@ def offered_tools(config):
 
 
 OPEN_CALLS = set()  # this process's agent calls being answered (their stream SIDs)
-AGENT_CALLS.set_function(lambda: len(OPEN_CALLS))
 
 
 def busy(config):
@@ -233,6 +232,7 @@ class Agent(Handler):
             self._handle(stream, turns.Started(busy=config.agent_busy_message))
             return
         OPEN_CALLS.add(stream.stream_sid)
+        AGENT_CALLS.inc()
         self._handle(stream, turns.Started())
 
     def media(self, stream, chunk):
@@ -399,7 +399,9 @@ class Agent(Handler):
 
     def _call_ended(self, stream):
         if self.turn_taking is not None:
-            OPEN_CALLS.discard(stream.stream_sid)
+            if stream.stream_sid in OPEN_CALLS:
+                OPEN_CALLS.discard(stream.stream_sid)
+                AGENT_CALLS.dec()
             self.clock.close()
             self._handle(stream, turns.CallEnded())
 

@@ -13,11 +13,15 @@ Both work off the reading greenlets, shared by every stream, at most
 TRANSCRIBE_CONCURRENCY at a time (Whisper in a thread pool; requests to a server in
 greenlets, on the agent's HTTP client, apiclient.py), and bound the audio waiting for
 them: past TRANSCRIBE_BACKLOG_SECONDS, submit() says no and the caller skips the
-utterance.
+utterance. Urgent utterances (an agent's caller, who waits for the answer) go before the
+others, and are never turned away: under load, the transcripts nobody waits for are
+skipped first.
 """
 
 import functools
+import heapq
 import io
+import itertools
 import logging
 import os
 import wave
@@ -26,13 +30,14 @@ from pathlib import Path
 
 import gevent
 import orjson
-from gevent.lock import BoundedSemaphore
+from gevent.event import AsyncResult
 from gevent.threadpool import ThreadPool
 
 from mediastream.apiclient import CONNECT_TIMEOUT, MESSAGE_CHARACTERS, ServiceFailed, post_form
 from mediastream.apiclient import request as http_request
 from mediastream.g711 import SAMPLE_RATE
 from mediastream.messages import cut
+from mediastream.metrics import TRANSCRIPTION_BACKLOG
 from mediastream.threads import caught
 
 startup = logging.getLogger("mediastream.startup")
@@ -41,25 +46,57 @@ REMOTE_CONCURRENCY = 4  # requests at a time to a transcription server, per proc
 
 
 class Engine:
-    """The bound on the audio waiting to be transcribed; `_start` runs the work."""
+    """The queue of utterances waiting to be transcribed, urgent ones first, at most
+    `concurrency` at work; the bound on the audio waiting. `_start` runs the work."""
 
-    def __init__(self, backlog_seconds):
+    def __init__(self, concurrency, backlog_seconds):
+        self.concurrency = concurrency
         self.backlog_seconds = backlog_seconds
-        self.waiting_seconds = 0.0  # audio submitted and not yet transcribed
+        self.waiting_samples = 0  # of audio submitted and not yet transcribed
+        self.queued = []  # a heap of (0 if urgent else 1, order, pcm, samples, result)
+        self.working = 0
+        self._order = itertools.count()
 
-    def submit(self, pcm):
-        """Transcribe 16-bit PCM at 8 kHz in the pool: an AsyncResult of its text (or of
-        the ServiceFailed that says why there is none), or None when the backlog is full."""
-        seconds = len(pcm) / 2 / SAMPLE_RATE
-        if self.waiting_seconds + seconds > self.backlog_seconds:
+    def submit(self, pcm, urgent=False):
+        """Transcribe 16-bit PCM at 8 kHz: an AsyncResult of its text (or of the
+        ServiceFailed that says why there is none), or None when the backlog is full (never
+        for an urgent one)."""
+        samples = len(pcm) // 2
+        if not urgent and self.waiting_samples + samples > self.backlog_seconds * SAMPLE_RATE:
             return None
-        self.waiting_seconds += seconds
-        result = self._start(pcm)
-        result.rawlink(lambda _: self._done(seconds))
+        self._waiting(samples)
+        result = AsyncResult()
+        heapq.heappush(self.queued, (0 if urgent else 1, next(self._order), pcm, samples, result))
+        self._next()
         return result
 
-    def _done(self, seconds):
-        self.waiting_seconds -= seconds
+    @property
+    def waiting_seconds(self):
+        return self.waiting_samples / SAMPLE_RATE
+
+    def _waiting(self, samples):
+        self.waiting_samples += samples
+        TRANSCRIPTION_BACKLOG.set(self.waiting_seconds)
+
+    @property
+    def free(self):
+        """Whether an utterance submitted now would be worked on at once."""
+        return self.working < self.concurrency and not self.queued
+
+    def _next(self):
+        while self.queued and self.working < self.concurrency:
+            _, _, pcm, samples, result = heapq.heappop(self.queued)
+            self.working += 1
+            self._start(pcm).rawlink(functools.partial(self._done, samples, result))
+
+    def _done(self, samples, result, work):
+        self.working -= 1
+        self._waiting(-samples)
+        if work.successful():
+            result.set(work.value)
+        else:
+            result.set_exception(work.exception)
+        self._next()
 
     def _start(self, pcm):
         """An AsyncResult (or Greenlet) of self.transcribe(pcm), off the reading greenlets."""
@@ -124,7 +161,7 @@ class LocalEngine(Engine):
     releases the GIL)."""
 
     def __init__(self, model, concurrency, backlog_seconds):
-        super().__init__(backlog_seconds)
+        super().__init__(concurrency, backlog_seconds)
         self.pool = ThreadPool(concurrency)
         self.model = model
 
@@ -194,12 +231,11 @@ class RemoteEngine(Engine):
     network), at most `concurrency` at once."""
 
     def __init__(self, base, model, api_key, timeout, concurrency, backlog_seconds):
-        super().__init__(backlog_seconds)
+        super().__init__(concurrency, backlog_seconds)
         self.url = f"{base}/audio/transcriptions"
         self.model = model
         self.api_key = api_key
         self.timeout = timeout
-        self.slots = BoundedSemaphore(concurrency)
 
     def _start(self, pcm):
         return gevent.spawn(caught, self.transcribe, (pcm,), ServiceFailed)
@@ -207,7 +243,7 @@ class RemoteEngine(Engine):
     def transcribe(self, pcm):
         fields = {"model": self.model, "response_format": "json"}
         files = {"file": ("utterance.wav", wav_bytes(pcm), "audio/wav")}
-        with self.slots, post_form(self.url, fields, files, self.api_key, self.timeout) as answer:
+        with post_form(self.url, fields, files, self.api_key, self.timeout) as answer:
             body = answer.read()
         try:
             return orjson.loads(body)["text"].strip()

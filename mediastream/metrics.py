@@ -48,6 +48,12 @@ AUDIO_SENT_SECONDS = Counter("mediastream_audio_sent_seconds", "Seconds of audio
 TRANSCRIBED = Counter(
     "mediastream_utterances", "Utterances transcribed, or skipped under load", ["outcome"]
 )
+UNTRANSCRIBED = Counter(
+    "mediastream_utterances_untranscribed",
+    "Utterances with no text, by kind of stream (an agent's caller, or a transcript nobody "
+    "waits for) and why (backlog: skipped under load; or the engine's failure)",
+    ["stream", "why"],
+)
 KEYWORD_HITS = Counter(
     "mediastream_keyword_hits", "Utterances that contained a keyword (KEYWORDS)", ["keyword"]
 )
@@ -70,7 +76,16 @@ AGENT_PAUSES = Counter(
     "(one turn), or the time ran out (answered)",
     ["outcome"],  # went_on, waited_out
 )
-AGENT_CALLS = Gauge("mediastream_agent_calls", "Agent calls open (mode=agent streams answered)")
+AGENT_CALLS = Gauge(
+    "mediastream_agent_calls",
+    "Agent calls open (mode=agent streams being answered)",
+    multiprocess_mode="livesum",
+)
+TRANSCRIPTION_BACKLOG = Gauge(
+    "mediastream_transcription_backlog_seconds",
+    "Seconds of audio waiting for the transcription engine, or being transcribed",
+    multiprocess_mode="livesum",
+)
 AGENT_TURNED_AWAY = Counter(
     "mediastream_agent_turned_away", "Agent calls that heard the busy message (AGENT_MAX_CALLS)"
 )

@@ -40,7 +40,7 @@ from mediastream.engines import load_engine, transcribing
 from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, CHUNKS_PER_SECOND
 from mediastream.handlers import END_WAIT_SECONDS, Handler
 from mediastream.keywords import marked
-from mediastream.metrics import AGENT_PAUSES, TRANSCRIBED
+from mediastream.metrics import AGENT_PAUSES, TRANSCRIBED, UNTRANSCRIBED
 from mediastream.recording import create_new
 from mediastream.speech import ONSET_FRAMES, clock
 
@@ -218,9 +218,9 @@ class Transcript(Handler):
             self._submit(stream, chunk.track, pcm, start, end, frames_ago=chunk.chunk - end)
         elif early:
             guess = utterances.guess(speech)
-            if guess:
+            if guess and self.engine.free:  # (a busy engine gets the turn once, at its end)
                 pcm, start, end = guess
-                self.guessed = (start, end), self.engine.submit(pcm)
+                self.guessed = (start, end), self.engine.submit(pcm, urgent=True)
             if utterances.held:
                 self._hold_or_cut(stream, utterances, chunk.chunk)
             elif self.waiting_since is not None:  # they went on: one turn
@@ -287,8 +287,8 @@ class Transcript(Handler):
 
     def _submit(self, stream, track, pcm, start, end, frames_ago):
         result = self._early_result(track, start, end)
-        if result is None:
-            result = self.engine.submit(pcm)
+        if result is None:  # (an agent's caller waits for it: never skipped)
+            result = self.engine.submit(pcm, urgent=self.early and track == "inbound")
         if result is None:  # the engine is too far behind: skipped, in its place
             result = AsyncResult()
             backlog = f"over {self.engine.backlog_seconds:g} s of audio waiting for the engine"
@@ -313,6 +313,7 @@ class Transcript(Handler):
         self.skipped += 1
         kind = problem.kind if isinstance(problem, ServiceFailed) else type(problem).__name__
         TRANSCRIBED.labels("skipped" if kind == "backlog" else "failed").inc()
+        UNTRANSCRIBED.labels("agent" if self.early else "other", kind).inc()
         if kind not in self.warned:
             self.warned.add(kind)
             if kind == "backlog":

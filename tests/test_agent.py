@@ -104,7 +104,7 @@ def test_a_failing_model_or_voice_is_one_warning_and_the_call_goes_on(
     agent_server, openai_stub, tmp_path, behaviour, warning
 ):
     openai_stub.control(answer=SHORT_ANSWER, **behaviour)
-    lines, heard = agent_call(agent_server, tmp_path, seconds=17.5, linger=2.5)  # two turns
+    lines, heard = agent_call(agent_server, tmp_path, seconds=19, linger=2.5)  # two turns
     assert lines.count("WARNING") == 1 and warning in lines, lines
     assert "Traceback" not in agent_server.log()
     assert "summary: stream" in lines
