@@ -42,6 +42,9 @@ from mediastream.tools import END_CALL, TRANSFER_CALL, BadArguments
 
 WENT_ON_SECONDS = 0.25  # a turn begun this soon after an answer's first audio is no reply
 FILLER_SECONDS = 0.7  # a tool still running this long gets the caller a filler
+# A caller whose words have not come this long after their turn ended (the transcription
+# is queued behind others' on a busy server) hears the filler: their answer is coming.
+WORDS_LATE_SECONDS = 3.5
 MAX_TOOL_ROUNDS = 5  # times the model may call tools in one answer
 APOLOGY = "Sorry, I can't answer that right now."
 NOT_CAUGHT = "Sorry, I didn't catch that."
@@ -115,6 +118,7 @@ class Answer:
     tools_at: float | None = None  # when its last tools began
     filled: bool = False  # the filler was said while its tools ran
     then: object = None  # HangUp or Transfer, once it has played to its end
+    holding: bool = False  # a filler while the caller's words are late: their answer follows it
 
 
 # Events ------------------------------------------------------------------------------
@@ -402,6 +406,8 @@ class TurnTaking:
         self.unanswered = False  # the caller's last words have no answer heard: more join them
         self.last_turn = None  # (end frame, speech end, end of turn seconds)
         self.words_due = -1  # the end frame of the caller's last turn long enough for words
+        self.words_due_at = None  # when that turn ended
+        self.late_told = -1  # the words_due the caller was told are coming (the filler)
         self.heard_through = -1  # the end frame of the last words (or NotHeard) that came
         self.running = {}  # tool call id -> (its answer, the ToolCall, when it began)
         self.digits = ""  # keys pressed, not yet given to the model
@@ -458,7 +464,7 @@ class TurnTaking:
         self.quiet_since = event.at
         self.last_turn = event.end_frame, event.speech_end, event.at - event.speech_end
         if event.words:
-            self.words_due = event.end_frame
+            self.words_due, self.words_due_at = event.end_frame, event.at
         if self.answer is not None:
             return []
         if self.greeting_due:  # they spoke first: the greeting answers them
@@ -531,6 +537,10 @@ class TurnTaking:
             actions.append(Filler(answer, self.options.filler))
         if self.digits and at - self.digits_at >= self.options.digits_timeout:
             actions += self._keys_done(at)
+        if self._words_late(at):
+            self.late_told = self.words_due
+            filler = Answer(LINE, script=self.options.filler, holding=True)
+            actions += self._begin(filler)
         if self.quiet_since is None:
             self.quiet_since = at
         if self._idle_for(self.options.idle, at):
@@ -669,6 +679,16 @@ class TurnTaking:
         self.quiet_since = at
         self.idle_asked = False
 
+    def _words_late(self, at):
+        """Whether the caller's words are late (the engine is busy), not yet told so."""
+        return (
+            self.words_due > self.heard_through
+            and self.late_told < self.words_due
+            and self.answer is None
+            and self.speaking is None
+            and at - self.words_due_at >= WORDS_LATE_SECONDS
+        )
+
     def _idle_for(self, seconds, at):
         """Whether nobody has spoken for `seconds`: no answer, no caller's turn, nothing
         waited for (words, keys, a tool), nothing under way."""
@@ -793,9 +813,13 @@ class TurnTaking:
 
     def _supersede(self, at):
         """New words from the caller stop the answer under way (one begun after the turn
-        they end: the greeting, a line of the server's)."""
+        they end: the greeting, a line of the server's); a filler that told them their
+        answer is coming plays on, and the answer follows it."""
         if self.answer is None:
             return []
+        if self.answer.holding:
+            answer, self.answer = self.answer, None
+            return [] if answer.playback.audible else [Cancel(answer)]
         if self.answer.playback.audible:
             return self._cut_in(at, None)
         return self._drop()

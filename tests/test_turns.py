@@ -663,3 +663,18 @@ def test_a_caller_who_answers_the_idle_prompt_resets_it():
     call.send(AnswerSent(call.answer))
     call.send(MarkPlayed(15.0, "agent-3"))
     assert call.send(Tick(23.0)) == ["begin line: Are you still there?"]  # asked again, anew
+
+
+def test_a_caller_whose_words_are_late_hears_the_filler_then_the_answer():
+    call = Call(options=TOOLS)
+    greeted(call)
+    call.send(SpeechBegan(3.0))
+    call.send(SpeechEnded(5.0, 4.5, 225, True))
+    assert call.send(Tick(8.4)) == []  # (a transcription takes a while: no filler yet)
+    assert call.send(Tick(8.5)) == ["begin line: One moment, please."]
+    assert call.voice(8.6, "One moment, please.") == ["audio", "mark agent-2"]
+    assert call.send(Tick(9.0)) == []  # once
+    # The words come while the filler plays: it plays on, and the answer follows it.
+    assert call.send(Heard(9.2, "Where is my order?", 225, 4.7)) == ["begin reply"]
+    assert call.messages()[-1] == user("Where is my order?")
+    assert call.turns.interruptions == 0
