@@ -9,8 +9,11 @@ Each call asks one question (the spoken test call's first, "What time do you ope
 Saturday?", 3 s into it) and hears the answer; the N calls start at their own moments,
 at random within OPENING seconds (as callers dial), each message sent at its own moment
 by the simulator (mediastream/simulator.py, in this process, pinned to the last core).
-Voice to voice is what each caller heard: from the end of their question to the first
-answer audio, in what the simulator played out as Twilio would. The server's CPU is read
+Voice to voice is the server's figure for each answer (its turn line: from the end of
+the question to the answer's first audio); "first heard" is what each caller heard first
+after their question (the answer, or the filler a caller whose words are late hears at
+3.5 s), in what the simulator played out as Twilio would. Each call lasts long enough
+for the last answer (--seconds). The server's CPU is read
 from /proc over the whole step (seconds of CPU per second: 1.0 is one core busy). With
 --setup remote the server is pinned to core 0: its own cost per agent call, reading every
 message of a bidirectional stream, speech activity, resampling the voice, marks; the
@@ -46,7 +49,6 @@ from mediastream.simulator import Plan, mulaw_chunks, play_call, read_wav  # noq
 
 CALL = REPO / "tests" / "fixtures" / "agent-call.wav"
 QUESTION = json.loads((REPO / "tests" / "fixtures" / "agent-call.json").read_text())["sentences"][0]
-SECONDS = 9.0  # of each call: the question, then its answer
 OPENING = 2.0  # the calls start at random within this many seconds
 LIMIT = 2.0  # stop once the 95th percentile passes it
 
@@ -77,6 +79,19 @@ def voice_to_voice(result):
     return None
 
 
+TURN = re.compile(r"agent: turn 1: voice to voice ([\d.]+) s")
+
+
+def percentile(values, share):
+    return values[min(len(values) - 1, int(share * len(values)))] if values else float("inf")
+
+
+def median_p95(values):
+    if not values:
+        return "none | none"
+    return f"{statistics.median(values):.2f} s | {percentile(values, 0.95):.2f} s"
+
+
 def step(plan, calls):
     """N calls, each starting at its own moment; their results."""
 
@@ -94,6 +109,7 @@ def main():
     parser.add_argument("--setup", choices=("whisper", "remote"), required=True)
     parser.add_argument("--steps", default="", help="N at each step (default 1, 2, 4, ...)")
     parser.add_argument("--profile", action="store_true", help="the server under cProfile")
+    parser.add_argument("--seconds", type=float, default=12.0, help="each call's length")
     arguments = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores - 1})  # the callers: the last core
@@ -127,10 +143,12 @@ def main():
         open(work / "console.log", "w"),
         cores="0" if arguments.setup == "remote" else None,
     )
-    pcm = read_wav(str(CALL))[: int(SECONDS * 8000) * 2]
+    seconds = arguments.seconds
+    pcm = read_wav(str(CALL))[: int(QUESTION["end"] * 8000 + 2400) * 2]  # the question
+    pcm += bytes(int(seconds * 8000) * 2 - len(pcm))  # then silence
     plan = Plan(
         url=f"ws://127.0.0.1:{found[1]}/media",
-        chunks={"inbound": mulaw_chunks(pcm, SECONDS)},
+        chunks={"inbound": mulaw_chunks(pcm, seconds)},
         parameters={"mode": "agent"},
         linger=1.0,
     )
@@ -141,29 +159,37 @@ def main():
         f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}; server "
         f"{'pinned to core 0' if arguments.setup == 'remote' else 'on every core'}"
     )
-    print("| calls at once | answered | voice to voice median | p95 | server CPU (cores) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| calls at once | answered | voice to voice median | p95 | first heard median | p95 "
+        "| server CPU (cores) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    console = work / "console.log"
     calls = 1
     try:
         while True:
             began, cpu_began = time.monotonic(), cpu_seconds(server.pid)
+            before = len(console.read_text())
             results = step(plan, calls)
             busy = (cpu_seconds(server.pid) - cpu_began) / (time.monotonic() - began)
-            found = sorted(v for v in map(voice_to_voice, results) if v is not None)
+            time.sleep(1)  # the summaries
+            turns = TURN.findall(console.read_text()[before:])
+            answered = sorted(map(float, turns))
+            heard = sorted(v for v in map(voice_to_voice, results) if v is not None)
             failed = sum(1 for r in results if r.failure)
-            p95 = found[min(len(found) - 1, int(0.95 * len(found)))] if found else float("inf")
-            median = statistics.median(found) if found else float("inf")
             print(
-                f"| {calls} | {len(found)} of {calls}{f' ({failed} failed)' if failed else ''} "
-                f"| {median:.2f} s | {p95:.2f} s | {busy:.2f} |",
+                f"| {calls} | {len(answered)} of {calls}"
+                f"{f' ({failed} failed)' if failed else ''} | {median_p95(answered)} "
+                f"| {median_p95(heard)} | {busy:.2f} |",
                 flush=True,
             )
+            p95 = percentile(answered, 0.95)
             if steps:
                 steps = [n for n in steps if n > calls]
                 if not steps:
                     break
                 calls = steps[0]
-            elif p95 > LIMIT or len(found) < calls:
+            elif p95 > LIMIT or len(answered) < calls:
                 break
             else:
                 calls *= 2
