@@ -54,14 +54,18 @@ def order_status(order_id: str) -> str:
 TOOL_CALL = [{"name": "order_status", "arguments": '{"order_id": "4572"}'}]
 
 
-def start(command, environ, pattern, log):
-    process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=log, stderr=log)
+def start(command, environ, pattern, log, cwd=REPO, cores=None):
+    """A server (or stand-in) started, its output to `log`, once a line matches `pattern`:
+    (the process, the match). `cores`: pinned to them (taskset's list). (The benches'
+    one way to start what they measure.)"""
+    pin = ["taskset", "-c", cores] if cores else []
+    process = subprocess.Popen([*pin, *command], cwd=cwd, env=environ, stdout=log, stderr=log)
     deadline = time.monotonic() + 120
-    while not re.search(pattern, Path(log.name).read_text()):
+    while not (found := re.search(pattern, Path(log.name).read_text())):
         if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"{command[1]} did not start:\n{Path(log.name).read_text()}")
+            sys.exit(f"{command} did not start:\n{Path(log.name).read_text()}")
         time.sleep(0.1)
-    return process, re.search(pattern, Path(log.name).read_text())
+    return process, found
 
 
 def caller_heard(path):

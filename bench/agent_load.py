@@ -32,7 +32,6 @@ import random
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,8 @@ import gevent
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent import start  # noqa: E402 (bench/agent.py, beside this one)
+
 from mediastream.g711 import CHUNK_SECONDS, decode  # noqa: E402
 from mediastream.simulator import Plan, mulaw_chunks, play_call, read_wav  # noqa: E402
 
@@ -51,17 +52,6 @@ CALL = REPO / "tests" / "fixtures" / "agent-call.wav"
 QUESTION = json.loads((REPO / "tests" / "fixtures" / "agent-call.json").read_text())["sentences"][0]
 OPENING = 2.0  # the calls start at random within this many seconds
 LIMIT = 2.0  # stop once the 95th percentile passes it
-
-
-def start(command, environ, pattern, log, cores=None):
-    pin = ["taskset", "-c", cores] if cores else []
-    process = subprocess.Popen([*pin, *command], cwd=REPO, env=environ, stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
-    while not (found := re.search(pattern, Path(log.name).read_text())):
-        if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"{command} did not start:\n{Path(log.name).read_text()}")
-        time.sleep(0.1)
-    return process, found
 
 
 def cpu_seconds(pid):

@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+from agent import start  # noqa: E402 (bench/agent.py, beside this one)
+
 CALL = REPO / "tests" / "fixtures" / "agent-call.wav"
 TOOLS = '''
 import time
@@ -35,16 +37,6 @@ def order_status(order_id: str) -> str:
 '''
 TOOL_CALL = [{"name": "order_status", "arguments": '{"order_id": "4572"}'}]
 ECHO = re.compile(r"echo round trip .*: median ([\d.]+) ms, worst ([\d.]+) ms, (\d+) chunks")
-
-
-def start(command, environ, pattern, log):
-    process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=log, stderr=log)
-    deadline = time.monotonic() + 60
-    while not (found := re.search(pattern, Path(log.name).read_text())):
-        if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"{command[1]} did not start:\n{Path(log.name).read_text()}")
-        time.sleep(0.1)
-    return process, found
 
 
 def simulate(port, *arguments):

@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent import start  # noqa: E402 (bench/agent.py, beside this one)
+
 from mediastream.wer import word_error_rate  # noqa: E402
 from tests.conftest import split_turn_wav  # noqa: E402
 
@@ -50,16 +52,6 @@ COUNTING = (
     "sys.argv = [sys.argv[1]]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
-
-
-def start(command, environ, pattern, log, cwd=REPO):
-    process = subprocess.Popen(command, cwd=cwd, env=environ, stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
-    while not (found := re.search(pattern, Path(log.name).read_text())):
-        if process.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"{command} did not start:\n{Path(log.name).read_text()}")
-        time.sleep(0.1)
-    return process, found
 
 
 def loud_at(pcm, start, end):
