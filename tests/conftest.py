@@ -472,6 +472,19 @@ def twilio_api():
 AGENT_CALL = FIXTURES / "agent-call.wav"  # three turns; the third talks over an answer
 
 
+def later_barge_in(path, seconds):
+    """agent-call.wav with its third turn `seconds` later, and its sentences so moved. The
+    fixture's third turn begins 2.2 s after the second ends: it talks over the second
+    answer only where Whisper takes under about 1.9 s; later, it does wherever Whisper
+    takes under 1.9 s + `seconds`."""
+    sentences = json.loads((FIXTURES / "agent-call.json").read_text())["sentences"]
+    pcm = read_wav(AGENT_CALL)
+    at = 2 * round((sentences[2]["end"] + 1.0) * 8000)  # in the silence before the third
+    write_wav(path, pcm[:at] + bytes(2 * round(seconds * 8000)) + pcm[at:])
+    moved = [dict(s, start=s["start"] + seconds, end=s["end"] + seconds) for s in sentences[3:]]
+    return path, sentences[:3] + moved
+
+
 def agent_call(server, tmp_path, *options, seconds=None, linger=1, wav=AGENT_CALL, timeout=90):
     """A mode=agent call played into `server` (with simulate.py's `options` more); its
     console lines and what the caller heard (16-bit PCM at 8 kHz)."""
@@ -487,8 +500,23 @@ def agent_call(server, tmp_path, *options, seconds=None, linger=1, wav=AGENT_CAL
     assert status == 0 and "Twilio would reject" not in output, output
     tag = server.wait_for(r"\[(\w{8})\] summary:")[1]  # each test's server has one call
     lines = "\n".join(server.lines(f"[{tag}]"))
-    with wave.open(str(heard)) as wav_file:
-        return lines, wav_file.readframes(wav_file.getnframes())
+    return lines, read_wav(heard)
+
+
+def read_wav(path):
+    """A WAV file's frames (here: 16-bit PCM at 8 kHz, mono)."""
+    with wave.open(str(path)) as wav:
+        return wav.readframes(wav.getnframes())
+
+
+def write_wav(path, pcm):
+    """`pcm` (16-bit, 8 kHz, mono) as a WAV file at `path`; the path."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(pcm)
+    return path
 
 
 def loud(pcm, start, end):
@@ -515,12 +543,7 @@ def split_turn_wav(path, turn, before=3.5, after=4.0):
         for half in found["halves"]
     ]
     pieces = [bytes(round(before * 8000) * 2), halves[0], bytes(round(found["pause"] * 8000) * 2)]
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(b"".join([*pieces, halves[1], bytes(round(after * 8000) * 2)]))
-    return path
+    return write_wav(path, b"".join([*pieces, halves[1], bytes(round(after * 8000) * 2)]))
 
 
 def caller_wav(path, turns, seconds):
@@ -530,12 +553,7 @@ def caller_wav(path, turns, seconds):
     for start, end in turns:
         spoken = hum(end - start, 140.0)
         pcm[2 * round(start * 8000) : 2 * round(start * 8000) + len(spoken)] = spoken
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(bytes(pcm))
-    return path
+    return write_wav(path, bytes(pcm))
 
 
 REDIS_SERVER = "/usr/bin/redis-server"  # Debian's (apt-get install redis-server)

@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import time
-import wave
 
 import pytest
 import requests
@@ -20,16 +19,22 @@ from conftest import (
     agent_call,
     caller_wav,
     finished,
+    later_barge_in,
     loud,
+    read_wav,
     requires,
     stand_ins,
     start_simulation,
+    write_wav,
 )
 
 from mediastream.config import Config, ConfigError
 
 QUESTIONS = json.loads((FIXTURES / "agent-call.json").read_text())["sentences"]
 SHORT_ANSWER = "I can help with that."
+# An answer is heard within this many seconds of the question's end: Whisper takes 1.5 to
+# 2 s a turn on the machines here (how fast it is, bench/agent.py says; these test that).
+ANSWERED_BY = 3.5
 
 engine = requires("faster_whisper", "requirements-transcribe.txt")
 
@@ -45,15 +50,16 @@ def agent_server(start_server, openai_stub):
 def test_three_turns_one_answer_each_and_a_barge_in_keeps_what_was_heard(
     agent_server, openai_stub, tmp_path
 ):
-    lines, heard = agent_call(agent_server, tmp_path)
+    wav, questions = later_barge_in(tmp_path / "call.wav", 1.5)
+    lines, heard = agent_call(agent_server, tmp_path, wav=wav)
     assert loud(heard, 0.1, 1.5)  # the greeting
     assert 'agent said: "Hello! How can I help you today?"' in lines
     # (A turn's answer that began as the caller went on is dropped, and that turn's
     # number comes again: "the caller went on with their turn".)
     turns = re.findall(r"agent: turn (\d): voice to voice [\d.]+ s \(end of turn", lines)
     assert set(turns) == {"1", "2", "3"}, lines
-    for question in QUESTIONS[:1] + QUESTIONS[2:]:  # each answered, out loud
-        assert loud(heard, question["end"] + 0.5, question["end"] + 2.0)
+    for question in questions[:1] + questions[2:]:  # each answered, out loud
+        assert loud(heard, question["end"] + 0.5, question["end"] + ANSWERED_BY)
     # The third turn talked over the second answer: cleared within 0.7 s of its first word.
     barge_in = re.search(
         r"barge-in: the caller talked over the agent; cleared (\d+) ms after their first "
@@ -112,7 +118,7 @@ def test_a_failing_model_or_voice_is_one_warning_and_the_call_goes_on(
         # second is cut short by the stop: nothing of an answer outlives the call)
         assert lines.count('agent said: "Sorry, I can\'t answer that right now."') == 1
         assert len(re.findall(r"agent: turn \d: voice to voice", lines)) == 2
-        assert loud(heard, QUESTIONS[0]["end"] + 0.5, QUESTIONS[0]["end"] + 2.0)
+        assert loud(heard, QUESTIONS[0]["end"] + 0.5, QUESTIONS[0]["end"] + ANSWERED_BY)
 
 
 @engine
@@ -323,8 +329,7 @@ def test_a_forty_turn_call_on_the_embedded_model_is_answered_at_every_turn(start
     in turn 40 times, each 4.5 s after the last ended (time for the answer to begin, on
     two cores that run Whisper, the model and the voice). A small AGENT_HISTORY makes the
     history drop its oldest turns many times over; the model must still answer each one."""
-    with wave.open(str(AGENT_CALL)) as wav:
-        pcm = wav.readframes(wav.getnframes())
+    pcm = read_wav(AGENT_CALL)
     asked = [QUESTIONS[0], QUESTIONS[3]]
     pieces, at = [], 4.0  # after the greeting (asked as it plays, the greeting answers it)
     for n in range(40):
@@ -336,12 +341,7 @@ def test_a_forty_turn_call_on_the_embedded_model_is_answered_at_every_turn(start
     caller = bytearray(int((at + 1) * 8000) * 2)
     for start, spoken in pieces:
         caller[int(start * 8000) * 2 : int(start * 8000) * 2 + len(spoken)] = spoken
-    long_call = tmp_path / "long-call.wav"
-    with wave.open(str(long_call), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
-        wav.writeframes(bytes(caller))
+    long_call = write_wav(tmp_path / "long-call.wav", bytes(caller))
     server = start_server(AGENT="local", SPEAK="local", TRANSCRIBE="local", AGENT_HISTORY="300")
     server.wait_for(r"agent: model SmolLM2.*history up to 300 tokens", 60)
     lines, _ = agent_call(server, tmp_path, wav=long_call, linger=3, timeout=at + 60)
