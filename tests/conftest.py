@@ -23,7 +23,7 @@ import websocket
 
 from mediastream.chat import free_port
 from mediastream.engines import packaged_model
-from mediastream.simulator import TwilioCall, hum
+from mediastream.simulator import TwilioCall, hum, read_wav
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"  # spoken audio and its truth: see make_fixtures.py
@@ -503,18 +503,12 @@ def agent_call(server, tmp_path, *options, seconds=None, linger=1, wav=AGENT_CAL
     return lines, read_wav(heard)
 
 
-def read_wav(path):
-    """A WAV file's frames (here: 16-bit PCM at 8 kHz, mono)."""
-    with wave.open(str(path)) as wav:
-        return wav.readframes(wav.getnframes())
-
-
-def write_wav(path, pcm):
-    """`pcm` (16-bit, 8 kHz, mono) as a WAV file at `path`; the path."""
+def write_wav(path, pcm, rate=8000, channels=1, width=2):
+    """`pcm` (16-bit, 8 kHz, mono, unless told) as a WAV file at `path`; the path."""
     with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(8000)
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
         wav.writeframes(pcm)
     return path
 

@@ -12,7 +12,7 @@ import time
 import wave
 
 import pytest
-from conftest import REPO, finished, simulate, start_simulation
+from conftest import REPO, finished, simulate, start_simulation, write_wav
 
 from mediastream import g711, simulator
 from mediastream.config import Config
@@ -21,14 +21,6 @@ from mediastream.recording import MAX_SILENCE_CHUNKS, Recording
 from mediastream.stream import MediaStream
 
 SAMPLES_PER_CHUNK = 160
-
-
-def write_wav(path, pcm, rate=8000, channels=1, width=2):
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(channels)
-        wav.setsampwidth(width)
-        wav.setframerate(rate)
-        wav.writeframes(pcm)
 
 
 def read_wav(path):
