@@ -38,7 +38,7 @@ from mediastream.console import counted
 from mediastream.endings import last_words, unfinished
 from mediastream.engines import load_engine, transcribing
 from mediastream.g711 import CHUNK_SAMPLES, CHUNK_SECONDS, CHUNKS_PER_SECOND
-from mediastream.handlers import END_WAIT_SECONDS, Handler
+from mediastream.handlers import Handler
 from mediastream.keywords import marked
 from mediastream.metrics import AGENT_PAUSES, TRANSCRIBED, UNTRANSCRIBED
 from mediastream.recording import create_new
@@ -48,6 +48,9 @@ PREROLL_FRAMES = 15  # 300 ms before a turn: speech activity starts a turn 60 ms
 TAIL_FRAMES = 10  # 200 ms after it: the end of the last word
 MIN_FRAMES = 15  # 300 ms: shorter is not words
 MAX_FRAMES = 15 * CHUNKS_PER_SECOND  # a monologue is shown every 15 s
+# A call's last words are often said just before it ends ("thanks, bye"): its summary
+# waits this long for their text (a slow CPU's Whisper takes 2 s or more an utterance).
+LAST_WORDS_SECONDS = 10.0
 FRAME_BYTES = 2 * CHUNK_SAMPLES
 # Streams whose caller waits for an answer to each utterance (the agent's): their inbound
 # utterances are transcribed early, at the first unvoiced frame of a pause (the detector
@@ -262,7 +265,7 @@ class Transcript(Handler):
             if finished:
                 self._submit(stream, track, *finished, frames_ago=0)
         try:  # the last utterances take a moment; wait a while, not forever
-            gevent.wait([entry[3] for entry in self.pending], timeout=END_WAIT_SECONDS)
+            gevent.wait([entry[3] for entry in self.pending], timeout=LAST_WORDS_SECONDS)
         except GreenletExit:
             pass  # the server is shutting down: wait no longer
         self._pass_on_ready(stream)
