@@ -141,7 +141,8 @@ class ServerProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        listening = self.wait_for(listening)
+        # (The embedded model, voice and Whisper load in 6 s or more before it listens.)
+        listening = self.wait_for(listening, timeout=30)
         self.port = int(listening.group(1))
         self.url = f"ws://127.0.0.1:{self.port}"
 
