@@ -141,8 +141,11 @@ class ServerProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        # (The embedded model, voice and Whisper load in 6 s or more before it listens.)
-        listening = self.wait_for(listening, timeout=30)
+        try:  # (the embedded model, voice and Whisper load in 6 s or more before it listens)
+            listening = self.wait_for(listening, timeout=30)
+        except AssertionError:
+            self.process.kill()  # not left running after the test
+            raise
         self.port = int(listening.group(1))
         self.url = f"ws://127.0.0.1:{self.port}"
 
