@@ -116,7 +116,9 @@ def create_app(config=None, handlers=DEFAULT_HANDLERS, tools=()):
                 if start_deadline is not None and stream.stream_sid:  # started in time
                     start_deadline.cancel()
                     start_deadline = None
-                    if not stream.bidirectional:  # nothing waits on us: read in batches
+                    # Nothing waits on a one-way stream, and an agent's turns take tenths
+                    # of a second: read them in batches (an echo is read per message).
+                    if not stream.bidirectional or stream.mode == "agent":
                         connection.read_every(config.read_interval)
         stream_handlers.end("stop" if stream.stopped else connection.ended_by)
         connections.discard(connection)

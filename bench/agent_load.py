@@ -15,7 +15,8 @@ after their question (the answer, or the filler a caller whose words are late he
 3.5 s), in what the simulator played out as Twilio would. Each call lasts long enough
 for the last answer (--seconds). The server's CPU is read
 from /proc over the whole step (seconds of CPU per second: 1.0 is one core busy), and so
-are the callers' (this process: near 1.0, they are late, and so is all the server hears). With
+are the callers' (this process) and the stand-ins': sharing a core, if the two come near
+1.0 together, the callers are late and the answers slow, whatever the server does. With
 --setup remote the server is pinned to core 0: its own cost per agent call, reading every
 message of a bidirectional stream, speech activity, resampling the voice, marks; the
 stand-in (tests/openai_stub.py, one process for the three tiers) runs on the other cores,
@@ -152,20 +153,21 @@ def main():
     )
     print(
         "| calls at once | answered | voice to voice median | p95 | first heard median | p95 "
-        "| server CPU (cores) | callers' CPU |"
+        "| server CPU (cores) | callers' CPU | stand-ins' CPU |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     console = work / "console.log"
     calls = 1
     try:
         while True:
             began, cpu_began = time.monotonic(), cpu_seconds(server.pid)
-            callers_began = cpu_seconds(os.getpid())
+            callers_began, stub_began = cpu_seconds(os.getpid()), cpu_seconds(stub.pid)
             before = len(console.read_text())
             results = step(plan, calls)
             took = time.monotonic() - began
             busy = (cpu_seconds(server.pid) - cpu_began) / took
             callers = (cpu_seconds(os.getpid()) - callers_began) / took
+            stand_ins = (cpu_seconds(stub.pid) - stub_began) / took
             time.sleep(1)  # the summaries
             turns = TURN.findall(console.read_text()[before:])
             answered = sorted(map(float, turns))
@@ -174,7 +176,7 @@ def main():
             print(
                 f"| {calls} | {len(answered)} of {calls}"
                 f"{f' ({failed} failed)' if failed else ''} | {median_p95(answered)} "
-                f"| {median_p95(heard)} | {busy:.2f} | {callers:.2f} |",
+                f"| {median_p95(heard)} | {busy:.2f} | {callers:.2f} | {stand_ins:.2f} |",
                 flush=True,
             )
             p95 = percentile(answered, 0.95)

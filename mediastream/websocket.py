@@ -418,7 +418,8 @@ class Connection:
     def read_every(self, interval):
         """From now on, read at most every `interval` seconds, all that has arrived at
         once: one wake-up for several of Twilio's messages instead of one each. (For a
-        one-way stream, where nothing waits on a message's arriving a moment later.)"""
+        stream where nothing waits on a message's arriving a moment later: a one-way
+        stream, or an agent's, whose turns take tenths of a second.)"""
         if interval and self._readable is not None:
             self._interval = interval
             self._behind = False

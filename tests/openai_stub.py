@@ -99,6 +99,9 @@ class Stub:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # 200 agent calls answered at once open as many connections: with socketserver's
+    # backlog of 5 the kernel drops their SYNs, and each retry costs a whole second.
+    request_queue_size = 1024
 
     def handle_error(self, request, client_address):
         pass  # a client that hung up mid-answer (the agent, cut off by the caller)
