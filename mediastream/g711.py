@@ -2,8 +2,8 @@
 
 Twilio's audio constants live here, once. The codec is lookup tables, because audioop
 (which did this in C) left the standard library in Python 3.13: bytes.translate decodes,
-and numpy indexes the encoding table, 30 times faster than Python
-does it one sample at a time (an agent answering 200 calls at once encodes 600 s of voice).
+and numpy indexes the encoding table, 30 times faster than Python does it one sample at
+a time (an agent answering 200 calls at once encodes 600 s of voice).
 """
 
 import functools
